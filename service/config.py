@@ -1,0 +1,60 @@
+"""Settings: the one place configuration is read (environment variables and .env).
+
+Every variable is prefixed ``FLOODGATE_`` except ``REDIS_URL``, which follows the common
+convention so that container platforms can inject it unchanged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLOODGATE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # Unset means: start a private embedded redis-server under data_dir.
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "FLOODGATE_REDIS_URL")
+    )
+    data_dir: Path = Path("var")
+    policy_path: Path = REPO_ROOT / "policies" / "default.yaml"
+    # Where `floodgate model build` writes the converted encoder (large, never committed).
+    model_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Stream names are prefixed so several deployments (or test runs) can share one server.
+    key_prefix: str = "fg"
+    consumer_group: str = "workers"
+
+    batch_size: int = Field(default=64, ge=1, le=1024)
+    batch_max_wait_ms: int = Field(default=50, ge=0, le=10_000)
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes started by serve")
+    torch_threads: int = Field(default=0, ge=0, description="0 = let torch decide")
+    max_length_tokens: int = Field(default=256, ge=16, le=512)
+
+    claim_idle_ms: int = Field(default=30_000, ge=100)
+    max_deliveries: int = Field(default=3, ge=1)
+    decision_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    audit_maxlen: int = Field(default=1_000_000, ge=1000)
+    # Accepted posts are kept (for reclaim and idempotency) at most this long.
+    stream_maxlen: int = Field(default=5_000_000, ge=1000)
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or (self.data_dir / "models" / "multilingual-e5-small")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
