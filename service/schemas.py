@@ -1,0 +1,138 @@
+"""Schemas: the JSON shapes at the edges (API requests and responses, stored decisions)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_TEXT_CHARS = 10_000
+MAX_BATCH = 1_000
+POST_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_MARKET = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class Author(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128)
+    created_at: datetime | None = None
+
+
+class PostIn(BaseModel):
+    """A post as a client submits it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    text: str = Field(description="1-10,000 characters after trimming whitespace")
+    post_id: str | None = Field(
+        default=None,
+        pattern=POST_ID,
+        description="client id; re-submitting the same id never makes a second decision",
+    )
+    author: Author | None = None
+    market: str | None = Field(default=None, pattern=_MARKET, description='e.g. "cn", "intl"')
+    created_at: datetime | None = None
+    lang_hint: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        stripped = value.strip()
+        if not stripped:
+            raise ValueError("text is empty")
+        if len(stripped) > MAX_TEXT_CHARS:
+            raise ValueError(f"text is longer than {MAX_TEXT_CHARS} characters ({len(stripped)})")
+        if re.search(r"[\ud800-\udfff]", stripped):
+            raise ValueError("text contains unpaired surrogates (not valid Unicode)")
+        return stripped
+
+
+class Accepted(BaseModel):
+    post_id: str
+    status: Literal["queued", "duplicate"] = "queued"
+
+
+class BatchIn(BaseModel):
+    posts: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItemResult(BaseModel):
+    index: int
+    post_id: str | None = None
+    status: Literal["queued", "duplicate", "rejected"]
+    errors: list[dict[str, Any]] | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[BatchItemResult]
+
+
+class Segment(BaseModel):
+    code: str
+    script: str
+    text: str
+    start: int
+    end: int
+
+
+class LanguageOut(BaseModel):
+    code: str
+    script: str
+    confidence: float
+    mixed: list[Segment] = []
+
+
+class Reason(BaseModel):
+    rule: str
+    action: str
+    categories: dict[str, float] = {}
+    keywords: dict[str, list[str]] = {}
+
+
+class MarketOutcome(BaseModel):
+    action: str
+    rules: list[str]
+    labels: list[str] = []
+    review_queue: str | None = None
+
+
+class VersionRef(BaseModel):
+    name: str
+    version: str
+
+
+class Timings(BaseModel):
+    queue_wait_ms: float
+    processing_ms: float
+
+
+class Decision(BaseModel):
+    post_id: str
+    status: Literal["decided"] = "decided"
+    action: Literal["allow", "label", "limit_reach", "review", "remove"]
+    market: str
+    reasons: list[Reason]
+    labels: list[str] = []
+    review_queue: str | None = None
+    outcomes: dict[str, MarketOutcome]
+    language: LanguageOut
+    scores: dict[str, float]
+    policy: VersionRef
+    model: VersionRef
+    timings: Timings
+    decided_at: datetime
+
+
+class Pending(BaseModel):
+    post_id: str
+    status: Literal["pending"] = "pending"
+
+
+class Failed(BaseModel):
+    post_id: str
+    status: Literal["failed"] = "failed"
+    error: str
