@@ -50,7 +50,7 @@ def _check_policy_or_exit(path: Path) -> None:
 
 
 def _start_workers(settings: Settings, count: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "REDIS_URL": settings.redis_url or ""}
+    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "FLOODGATE_PARENT_PID": str(os.getpid())}
     return [
         subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env) for _ in range(count)
     ]
@@ -93,6 +93,10 @@ def serve(
         settings.redis_url = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.dir)
     procs = _start_workers(settings, count)
+    # uvicorn handles SIGTERM/SIGINT itself, then restores the previous handlers and
+    # re-raises the signal; a no-op handler here lets the cleanup below run afterwards.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:

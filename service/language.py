@@ -419,7 +419,7 @@ def _apply_lingua(a: _Analysis, g: _Group, ranked: list[tuple[str, float]]) -> N
             if share >= _FASTTEXT_AGREE:
                 g.code, g.confidence = top, max(conf, (conf + share) / 2)
                 return
-        if conf < thr and hint in LATIN_CANDIDATES:
+        if conf < thr and hint in LATIN_CANDIDATES and not a.only_hashtags:
             hconf = dict(ranked).get(hint, 0.0)
             # A hint breaks near-ties on text we would not answer otherwise.
             if hint == top or hconf >= conf - 0.25:

@@ -71,6 +71,10 @@ class Moderator:
         )
         return cls(policy, ZeroShotScorer(encoder, policy.policy))
 
+    def warm_up(self) -> None:
+        """Load the lazily built detectors and run the model once before real traffic."""
+        self.decide([Job("warm-up", PostIn(text="hello 你好, warming up"))])
+
     def decide(self, jobs: Sequence[Job]) -> list[Decision]:
         if not jobs:
             return []

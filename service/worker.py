@@ -155,6 +155,11 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    worker = Worker(settings, Moderator.from_settings(settings))
+    moderator = Moderator.from_settings(settings)
+    moderator.warm_up()
+    worker = Worker(settings, moderator)
     worker.install_signal_handlers()
-    worker.run()
+    parent = os.environ.get("FLOODGATE_PARENT_PID")
+    # started by `serve`: stop (after the batch in hand) if serve itself is gone
+    orphaned = (lambda: os.getppid() != int(parent)) if parent else None
+    worker.run(until=orphaned)
