@@ -1,0 +1,183 @@
+"""The worker's delivery guarantees, against a real Redis and real worker processes.
+
+Every accepted post ends with exactly one decision (or one dead letter): a worker killed
+with SIGKILL mid-batch loses nothing, a poison entry is dead-lettered without stopping
+the worker, SIGTERM finishes the batch in hand.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from service.pipeline import Moderator
+from service.queue import Keys
+from service.redisdb import connect
+from tests.conftest import LiveServer, WorkerThread, make_settings, wait_for_decision, worker_process
+
+TEXTS = [
+    "hello from America, so happy to be here",
+    "今天做了红烧肉，味道还不错",
+    "我們今天去台北吃東西",
+    "buy cheap followers now, dm me",
+    "my cat knocked over my coffee again",
+    "hello 大家好 I'm from Texas",
+]
+
+
+def submit(url: str, n: int, tag: str) -> list[str]:
+    posts = [{"post_id": f"{tag}-{i}", "text": f"{TEXTS[i % len(TEXTS)]} #{i}"} for i in range(n)]
+    r = httpx.post(f"{url}/v1/posts/batch", json={"posts": posts}, timeout=30)
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == n
+    return [p["post_id"] for p in posts]
+
+
+def audit_ids(client, keys: Keys) -> list[str]:
+    return [fields["id"] for _, fields in client.xrange(keys.audit)]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def consumer_pending(client, keys: Keys, group: str) -> dict[str, int]:
+    try:
+        summary = client.xpending(keys.posts, group)
+    except Exception:
+        return {}
+    return {c["name"]: int(c["pending"]) for c in summary.get("consumers") or []}
+
+
+def test_sigkill_mid_batch_loses_nothing_and_decides_nothing_twice(redis_url, model_dir, moderator):
+    # a large batch and one torch thread keep worker A busy long enough to be killed mid-batch
+    settings = make_settings(redis_url, model_dir, batch_size=64, claim_idle_ms=1000)
+    keys = Keys(settings.key_prefix)
+    client = connect(redis_url)
+    with LiveServer(settings) as api:
+        ids = submit(api.url, 96, "kill")
+        victim = worker_process(settings)
+        try:
+            wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
+                       120, "worker A to take a batch")  # fmt: skip
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+        stranded = sum(consumer_pending(client, keys, settings.consumer_group).values())
+        assert stranded > 0, "worker A was not killed mid-batch: the test proved nothing"
+        with WorkerThread(settings, moderator, name="worker-b"):
+            for post_id in ids:
+                assert wait_for_decision(api.url, post_id, timeout=120).status_code == 200
+    decided = audit_ids(client, keys)
+    counts = collections.Counter(decided)
+    assert set(counts) == set(ids), "a post was lost"
+    assert max(counts.values()) == 1, f"decided twice: {[k for k, v in counts.items() if v > 1]}"
+    assert client.xlen(keys.posts) == 0
+    assert client.xlen(keys.dead) == 0
+    assert not any(consumer_pending(client, keys, settings.consumer_group).values())
+
+
+def test_malformed_entries_go_to_dead_letters_and_the_worker_goes_on(settings, moderator):
+    keys = Keys(settings.key_prefix)
+    client = connect(settings.redis_url)
+    client.xadd(keys.posts, {"id": "bad-json", "post": "{not json", "t": "0"})
+    client.xadd(keys.posts, {"id": "no-post-field", "t": "0"})
+    client.xadd(keys.posts, {"id": "empty-text", "post": json.dumps({"text": "  "}), "t": "0"})
+    with LiveServer(settings) as api, WorkerThread(settings, moderator):
+        [good] = submit(api.url, 1, "after-poison")
+        assert wait_for_decision(api.url, good).json()["status"] == "decided"
+        wait_until(lambda: client.xlen(keys.dead) == 3, 30, "three dead letters")
+        r = httpx.get(f"{api.url}/v1/posts/bad-json/decision")
+        assert r.status_code == 200
+        assert r.json()["status"] == "failed"
+        assert "malformed" in r.json()["error"]
+    dead = {f["id"]: f for _, f in client.xrange(keys.dead)}
+    assert set(dead) == {"bad-json", "no-post-field", "empty-text"}
+    assert "text is empty" in dead["empty-text"]["error"]
+    assert client.xlen(keys.posts) == 0, "dead-lettered entries must leave the stream"
+
+
+class FaultInjectingModerator(Moderator):
+    """The real moderator, except that any batch holding a POISON post raises."""
+
+    def __init__(self, real: Moderator) -> None:
+        super().__init__(real.policy, real.classifier)
+
+    def decide(self, jobs):
+        if any("POISON" in j.post.text for j in jobs):
+            raise RuntimeError("injected failure")
+        return super().decide(jobs)
+
+
+def test_a_post_that_keeps_failing_is_dead_lettered_after_max_deliveries(settings, moderator):
+    keys = Keys(settings.key_prefix)
+    client = connect(settings.redis_url)
+    with LiveServer(settings) as api:
+        posts = [{"post_id": "ok-1", "text": "hello there"}, {"post_id": "poison", "text": "POISON pill"},
+                 {"post_id": "ok-2", "text": "你好朋友们"}]  # fmt: skip
+        assert httpx.post(f"{api.url}/v1/posts/batch", json={"posts": posts}).status_code == 202
+        with WorkerThread(settings, FaultInjectingModerator(moderator)):
+            # the rest of the batch is decided at once, the poison one is retried then given up
+            assert wait_for_decision(api.url, "ok-1").json()["status"] == "decided"
+            assert wait_for_decision(api.url, "ok-2").json()["status"] == "decided"
+            wait_until(lambda: client.xlen(keys.dead) == 1, 30, "the poison post to be dead-lettered")
+        r = httpx.get(f"{api.url}/v1/posts/poison/decision")
+        assert r.json()["status"] == "failed"
+        assert "injected failure" in r.json()["error"]
+    assert client.hlen(keys.failures) == 0
+    assert sorted(audit_ids(client, keys)) == ["ok-1", "ok-2"]
+
+
+def test_entry_redelivered_too_often_is_dead_lettered(settings, moderator):
+    """Workers that die on a post (e.g. out of memory) must not loop on it forever."""
+    keys = Keys(settings.key_prefix)
+    client = connect(settings.redis_url)
+    client.xgroup_create(keys.posts, settings.consumer_group, id="0", mkstream=True)
+    entry = client.xadd(keys.posts, {"id": "crasher", "post": json.dumps({"text": "hi"}), "t": "0"})
+    client.xreadgroup(settings.consumer_group, "dead-worker", {keys.posts: ">"})
+    client.xclaim(keys.posts, settings.consumer_group, "dead-worker", 0, [entry],
+                  retrycount=settings.max_deliveries + 1)  # fmt: skip
+    with WorkerThread(settings, moderator):
+        wait_until(lambda: client.xlen(keys.dead) == 1, 30, "dead letter")
+    [(_, fields)] = client.xrange(keys.dead)
+    assert fields["id"] == "crasher"
+    assert "delivered" in fields["error"]
+    assert client.get(keys.decision("crasher")) is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_stop_finishes_the_batch_in_hand(redis_url, model_dir, sig):
+    settings = make_settings(redis_url, model_dir, batch_size=32)
+    keys = Keys(settings.key_prefix)
+    client = connect(redis_url)
+    with LiveServer(settings) as api:
+        ids = submit(api.url, 32, "term")
+        proc = worker_process(settings)
+        try:
+            wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
+                       120, "the worker to take a batch")  # fmt: skip
+            proc.send_signal(sig)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, out
+        assert "finishing the batch in hand" in out
+    assert not any(consumer_pending(client, keys, settings.consumer_group).values())
+    decided = audit_ids(client, keys)
+    assert decided, "the batch in hand was dropped"
+    assert len(decided) == len(set(decided))
+    # what was not decided is still queued for the next worker
+    assert len(decided) + client.xlen(keys.posts) == len(ids)
