@@ -42,15 +42,21 @@ from service.store import DecisionReader
 log = logging.getLogger("floodgate.api")
 
 
-def _field(loc: tuple | list) -> str:
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or "body"
+def _field(loc: tuple | list, root: str | None = None) -> str:
+    """Dotted field name: FastAPI's leading "body" is dropped from a request error's
+    location (only that one: a post may have a bad field literally named "body"); a
+    batch item's errors are rooted at ``root`` ("posts.<i>")."""
+    parts = [str(p) for p in loc]
+    if root is None:
+        return ".".join(parts[1:] if parts[:1] == ["body"] else parts) or "body"
+    return ".".join([root, *parts])
 
 
-def _errors(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
+def _errors(exc: ValidationError | RequestValidationError, root: str | None = None) -> list[dict[str, Any]]:
     return [
         {
-            "field": _field(e["loc"]),
+            # a JSON decode error is located at ("body", <char offset>): the body is at fault
+            "field": (root or "body") if e["type"] == "json_invalid" else _field(e["loc"], root),
             "message": e["msg"].removeprefix("Value error, "),
             "type": e["type"],
         }
@@ -212,7 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 post = PostIn.model_validate(raw)
             except ValidationError as exc:
-                errors = [{**e, "field": f"posts.{i}.{e['field']}"} for e in _errors(exc)]
+                errors = _errors(exc, root=f"posts.{i}")
                 results.append(BatchItemResult(index=i, status="rejected", errors=errors))
                 continue
             post_id = post.post_id or _new_id()

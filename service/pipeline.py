@@ -73,6 +73,7 @@ class Moderator:
 
     def warm_up(self) -> None:
         """Load the lazily built detectors and run the model once before real traffic."""
+        language.warm_up()
         self.decide([Job("warm-up", PostIn(text="hello 你好, warming up"))])
 
     def decide(self, jobs: Sequence[Job]) -> list[Decision]:

@@ -123,42 +123,54 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
-        errors = []
+        errors: list[tuple[tuple, str]] = []  # (path in the document, message)
         if self.default_market not in self.markets:
-            errors.append(f"default_market {self.default_market!r} is not in markets")
+            errors.append((("default_market",), f"default_market {self.default_market!r} is not in markets"))
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
+            at = ("rules", i)
             if rule.id in seen:
-                errors.append(f"rules[{i}]: duplicate rule id {rule.id!r}")
+                errors.append((at + ("id",), f"rules[{i}]: duplicate rule id {rule.id!r}"))
             seen.add(rule.id)
             for market in rule.markets or ():
                 if market not in self.markets:
-                    errors.append(f"rules[{i}] ({rule.id}): unknown market {market!r}")
-            for cond in _walk(rule.when):
+                    errors.append((at + ("markets",), f"rules[{i}] ({rule.id}): unknown market {market!r}"))
+            for path, cond in _walk(rule.when, at + ("when",)):
                 if cond.category and cond.category not in self.categories:
-                    errors.append(
+                    errors.append((
+                        path + ("category",),
                         f"rules[{i}] ({rule.id}): unknown category {cond.category!r}"
-                        f"{_suggest(cond.category, self.categories)}"
-                    )
+                        f"{_suggest(cond.category, self.categories)}",
+                    ))  # fmt: skip
                 if cond.keywords and cond.keywords not in self.keywords:
-                    errors.append(
+                    errors.append((
+                        path + ("keywords",),
                         f"rules[{i}] ({rule.id}): unknown keyword list {cond.keywords!r}"
-                        f"{_suggest(cond.keywords, self.keywords)}"
-                    )
+                        f"{_suggest(cond.keywords, self.keywords)}",
+                    ))  # fmt: skip
                 for market in cond.market or ():
                     if market not in self.markets:
-                        errors.append(f"rules[{i}] ({rule.id}): unknown market {market!r}")
+                        errors.append((path + ("market",), f"rules[{i}] ({rule.id}): unknown market {market!r}"))
         if errors:
-            raise ValueError("; ".join(errors))
+            raise _LocatedErrors(errors)
         return self
 
 
-def _walk(cond: Condition) -> Iterable[Condition]:
-    yield cond
-    for child in (cond.all or []) + (cond.any or []):
-        yield from _walk(child)
+class _LocatedErrors(ValueError):
+    """Several errors found after parsing, each with its path in the document (for file:line)."""
+
+    def __init__(self, located: list[tuple[tuple, str]]) -> None:
+        super().__init__("; ".join(msg for _, msg in located))
+        self.located = located
+
+
+def _walk(cond: Condition, path: tuple = ()) -> Iterable[tuple[tuple, Condition]]:
+    yield path, cond
+    for key, children in (("all", cond.all or []), ("any", cond.any or [])):
+        for j, child in enumerate(children):
+            yield from _walk(child, path + (key, j))
     if cond.not_ is not None:
-        yield from _walk(cond.not_)
+        yield from _walk(cond.not_, path + ("not",))
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:
@@ -205,7 +217,9 @@ def parse_policy(raw: bytes | str, source: str = "<policy>") -> LoadedPolicy:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PolicyError([f"{source}: not valid UTF-8 at byte {exc.start}"]) from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1  # in bytes
+        raise PolicyError([f"{source}:{line}:{col}: not valid UTF-8 at byte {exc.start}"]) from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         doc = yaml.safe_load(text)
@@ -244,7 +258,7 @@ def _positions(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, tuple[in
 
 def _format_errors(exc: ValidationError, lines: dict, source: str) -> list[str]:
     messages = []
-    for err in exc.errors():
+    for err in _expand(exc.errors()):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # pydantic reports aliases ("not") already; find the deepest located prefix
         pos = None
@@ -263,6 +277,17 @@ def _format_errors(exc: ValidationError, lines: dict, source: str) -> list[str]:
             msg = f"unknown key {loc[-1]!r}{_suggest_field(loc)}"
         messages.append(f"{where}: {dotted}: {msg}")
     return messages
+
+
+def _expand(errors: list[dict]) -> Iterable[dict]:
+    # a validator's _LocatedErrors become one error each, at its own path
+    for err in errors:
+        located = getattr((err.get("ctx") or {}).get("error"), "located", None)
+        if located is None:
+            yield err
+            continue
+        for path, msg in located:
+            yield {**err, "loc": tuple(err["loc"]) + path, "msg": msg}
 
 
 def _suggest_field(loc: tuple) -> str:
@@ -292,6 +317,10 @@ def normalize_text(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+# a word character that is not CJK (kana, CJK ideographs, hangul)
+_LATIN_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
+
+
 @dataclass(frozen=True)
 class KeywordMatcher:
     terms: tuple[str, ...]
@@ -305,7 +334,8 @@ class KeywordMatcher:
             # Latin words match on word boundaries ("ass" must not fire on "class");
             # CJK has no spaces, so CJK terms match anywhere.
             escaped = re.escape(term)
-            parts.append(rf"(?<!\w){escaped}(?!\w)" if term.isascii() else escaped)
+            # ("加我telegram": a CJK neighbour is a boundary, it is not part of the Latin word)
+            parts.append(rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped)
         parts += [f"(?:{r})" for r in kl.regexes]
         return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
 

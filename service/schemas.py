@@ -55,6 +55,8 @@ class Accepted(BaseModel):
 
 
 class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     posts: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
 
 
