@@ -71,6 +71,12 @@ class Worker:
         while not self.stopping and not (until and until()):
             try:
                 self.step()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # the server lost the stream or group (restarted without persistence)
+                log.warning("worker %s: consumer group missing, recreating it", self.name)
+                self.consumer.ensure_group()
             except redis.ConnectionError as exc:
                 # nothing was acked: entries in hand stay pending and are retried
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
