@@ -61,7 +61,7 @@ class KeywordList(_Strict):
     def _compiles(cls, value: list[str]) -> list[str]:
         for pattern in value:
             try:
-                re.compile(pattern)
+                re.compile(f"(?:{pattern})")  # as the matcher joins it: "(?i)x" fails there
             except re.error as exc:
                 raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
         return value
@@ -70,8 +70,8 @@ class KeywordList(_Strict):
 class Condition(_Strict):
     """One node of a rule's condition tree; the keys present are ANDed together."""
 
-    all: list[Condition] | None = None
-    any: list[Condition] | None = None
+    all: list[Condition] | None = Field(default=None, min_length=1)
+    any: list[Condition] | None = Field(default=None, min_length=1)
     not_: Condition | None = Field(default=None, alias="not")
     language: list[Annotated[str, Field(pattern=LANG_CODE)]] | None = None
     script: list[str] | None = None
@@ -91,6 +91,10 @@ class Condition(_Strict):
     def _not_empty(self) -> Condition:
         if not self.model_fields_set:
             raise ValueError("empty condition")
+        # `language: null` would silently match every post: refuse it
+        nulls = sorted(n for n in self.model_fields_set if getattr(self, n) is None)
+        if nulls:
+            raise ValueError(f"condition keys without a value: {', '.join(nulls)}")
         if (self.min_score is not None or self.max_score is not None) and self.category is None:
             raise ValueError("min_score/max_score need a category")
         return self
@@ -229,6 +233,9 @@ def parse_policy(raw: bytes | str, source: str = "<policy>") -> LoadedPolicy:
         raise PolicyError([f"{where}: YAML syntax: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(doc, dict):
         raise PolicyError([f"{source}:1:1: a policy is a mapping (name, categories, rules, ...)"])
+    duplicates = _duplicate_keys(node, source)
+    if duplicates:
+        raise PolicyError(duplicates)
     lines = _positions(node)
     try:
         policy = Policy.model_validate(doc)
@@ -237,6 +244,25 @@ def parse_policy(raw: bytes | str, source: str = "<policy>") -> LoadedPolicy:
     version = hashlib.sha256(data).hexdigest()[:16]
     matchers = {name: KeywordMatcher.build(kl) for name, kl in policy.keywords.items()}
     return LoadedPolicy(policy=policy, version=version, source=source, matchers=matchers)
+
+
+def _duplicate_keys(node: yaml.Node | None, source: str) -> list[str]:
+    """YAML lets a later key silently replace an earlier one; in a policy that hides edits."""
+    errors: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                errors.append(f"{source}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: "
+                              f"duplicate key {name!r} (first on line {seen[name]})")  # fmt: skip
+            else:
+                seen[name] = key.start_mark.line + 1
+            errors += _duplicate_keys(value, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            errors += _duplicate_keys(value, source)
+    return errors
 
 
 def _positions(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, tuple[int, int]]:

@@ -602,6 +602,11 @@ INVALID = [
         id="bad-regex",
     ),
     pytest.param(
+        mutate("terms: [telegram]", "terms: [telegram]\n    regexes: ['(?i)abc']"),
+        [("regexes:", ["keywords.contact.regexes", "bad regex '(?i)abc'"])],
+        id="regex-with-global-flag",  # valid alone, but not inside the joined pattern
+    ),
+    pytest.param(
         mutate("{category: hate}", "{category: hat}"),
         [("{category: hat}", ["unknown category 'hat'", "did you mean 'hate'"])],
         id="unknown-category",
@@ -628,6 +633,21 @@ INVALID = [
         mutate("{category: hate}", "{}"),
         [("when: {}", ["rules.0.when", "empty condition"])],
         id="empty-when",
+    ),
+    pytest.param(
+        mutate("{category: hate}", "{all: []}"),
+        [("when: {all: []}", ["rules.0.when.all", "at least 1 item"])],
+        id="empty-all-would-match-everything",
+    ),
+    pytest.param(
+        mutate("{category: hate}", "{language: null}"),
+        [("when: {language: null}", ["rules.0.when", "without a value: language"])],
+        id="null-condition-would-match-everything",
+    ),
+    pytest.param(
+        BASE.replace("action: review", "action: review\n    action: allow", 1),
+        [("action: allow", ["duplicate key 'action'"])],
+        id="duplicate-yaml-key",
     ),
     pytest.param(
         mutate("{category: hate}", "{not: {}}"),

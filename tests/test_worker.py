@@ -18,7 +18,13 @@ import pytest
 from service.pipeline import Moderator
 from service.queue import Keys
 from service.redisdb import connect
-from tests.conftest import LiveServer, WorkerThread, make_settings, wait_for_decision, worker_process
+from tests.conftest import (
+    LiveServer,
+    WorkerThread,
+    make_settings,
+    wait_for_decision,
+    worker_process,
+)
 
 TEXTS = [
     "hello from America, so happy to be here",

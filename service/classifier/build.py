@@ -169,7 +169,15 @@ def bert_state_dict(m: PackedModel) -> dict[str, np.ndarray]:
 
 def build_tokenizer(m: PackedModel):
     """A `tokenizers` Unigram tokenizer equivalent to the engine's SentencePiece port."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     placeholders = [chr(_PLACEHOLDER_BASE + i) for i in range(len(_NFKC_EXCEPTIONS))]
     steps = [normalizers.Replace(c, p) for c, p in zip(_NFKC_EXCEPTIONS, placeholders, strict=True)]

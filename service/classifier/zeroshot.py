@@ -39,7 +39,7 @@ class ZeroShotScorer:
         self.encoder = encoder
         self.categories = list(policy.categories)
         anchors: list[tuple[int, str]] = []  # (category index or -1 for benign, text)
-        for ci, (name, cat) in enumerate(policy.categories.items()):
+        for ci, cat in enumerate(policy.categories.values()):
             anchors.append((ci, cat.description))
             for examples in cat.examples.values():
                 anchors += [(ci, t) for t in examples]
