@@ -97,7 +97,7 @@ def batch_speed(rows: list[dict], batch: int = 128) -> float:
     detect_batch(texts[:batch])
     t0 = time.perf_counter()
     for i in range(0, len(texts), batch):
-        detect_batch(texts[i:i + batch])
+        detect_batch(texts[i : i + batch])
     return len(texts) / (time.perf_counter() - t0)
 
 
@@ -105,12 +105,16 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def tables(results: dict[str, dict], rows: list[dict], args: argparse.Namespace,
-           fg_batch: float | None) -> str:
-    cells = "all rows" if args.limit_per_cell is None else \
-        f"at most {args.limit_per_cell} rows per (language, bucket), seed {args.seed}"
+def tables(
+    results: dict[str, dict], rows: list[dict], args: argparse.Namespace, fg_batch: float | None
+) -> str:
+    cells = (
+        "all rows"
+        if args.limit_per_cell is None
+        else f"at most {args.limit_per_cell} rows per (language, bucket), seed {args.seed}"
+    )
     out = [
-        f"Rows: {len(rows)} ({cells}). Accuracy in %, \"und\" counts as wrong; "
+        f'Rows: {len(rows)} ({cells}). Accuracy in %, "und" counts as wrong; '
         "precision = accuracy on answered rows; texts/s: one thread, one text per call.",
         "",
         "| detector | word | short | sent | overall | precision | und rate | texts/s |",
@@ -129,11 +133,17 @@ def tables(results: dict[str, dict], rows: list[dict], args: argparse.Namespace,
     ]
     for name, r in results.items():
         a = r["acc"]
-        out.append(f"| {name} | " + " | ".join(
-            pct(a.get(f"{lang}/{b}", 0.0)) for lang in ("zh", "en") for b in BUCKETS) + " |")
+        out.append(
+            f"| {name} | "
+            + " | ".join(pct(a.get(f"{lang}/{b}", 0.0)) for lang in ("zh", "en") for b in BUCKETS)
+            + " |"
+        )
     if fg_batch is not None:
-        out += ["", f"floodgate through detect_batch (batches of 128, lingua's parallel call): "
-                    f"{fg_batch:,.0f} texts/s."]
+        out += [
+            "",
+            f"floodgate through detect_batch (batches of 128, lingua's parallel call): "
+            f"{fg_batch:,.0f} texts/s.",
+        ]
     return "\n".join(out)
 
 
@@ -153,11 +163,16 @@ def write_doc(table: str, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--limit-per-cell", type=int, default=None,
-                   help="subsample at most N rows per (language, bucket)")
+    p.add_argument(
+        "--limit-per-cell",
+        type=int,
+        default=None,
+        help="subsample at most N rows per (language, bucket)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--detectors", default=",".join(DETECTORS),
-                   help="comma-separated names from DETECTORS")
+    p.add_argument(
+        "--detectors", default=",".join(DETECTORS), help="comma-separated names from DETECTORS"
+    )
     p.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
     args = p.parse_args(argv)
 
@@ -166,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.detectors.split(","):
         t0 = time.perf_counter()
         results[name] = evaluate(name, rows)
-        print(f"{name}: {pct(results[name]['acc']['all'])} % in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
+        print(
+            f"{name}: {pct(results[name]['acc']['all'])} % in {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+        )
     fg_batch = batch_speed(rows) if "floodgate" in results else None
     table = tables(results, rows, args, fg_batch)
     print(table)

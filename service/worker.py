@@ -48,7 +48,11 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.consumer = Consumer(self.client, keys, settings.consumer_group, self.name)
         self.writer = DecisionWriter(
-            self.client, keys, settings.consumer_group, settings.decision_ttl_s, settings.audit_maxlen
+            self.client,
+            keys,
+            settings.consumer_group,
+            settings.decision_ttl_s,
+            settings.audit_maxlen,
         )
         self.stopping = False
         self.decided = 0
@@ -124,7 +128,9 @@ class Worker:
             decisions = self.moderator.decide([j for _, j in jobs])
             return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)))
         except Exception:
-            log.exception("worker %s: batch of %d failed, retrying one by one", self.name, len(jobs))
+            log.exception(
+                "worker %s: batch of %d failed, retrying one by one", self.name, len(jobs)
+            )
         done = 0
         for entry, job in jobs:
             try:
@@ -132,7 +138,9 @@ class Worker:
             except Exception as exc:
                 failures = self.consumer.record_failure(entry)
                 error = f"{type(exc).__name__}: {exc}"
-                log.warning("worker %s: post %s failed (%d): %s", self.name, job.post_id, failures, error)
+                log.warning(
+                    "worker %s: post %s failed (%d): %s", self.name, job.post_id, failures, error
+                )
                 if failures >= s.max_deliveries:
                     self.consumer.dead_letter(
                         entry, f"{error}\n{traceback.format_exc(limit=5)}", s.decision_ttl_s

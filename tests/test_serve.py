@@ -19,7 +19,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    return (
+        Path(f"/proc/{pid}").exists()
+        and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
 
 
 def test_serve_starts_and_stops_its_embedded_redis(tmp_path, model_dir):
@@ -46,7 +49,9 @@ def test_serve_starts_and_stops_its_embedded_redis(tmp_path, model_dir):
         assert _alive(redis_pid)
         assert (tmp_path / "redis" / "redis.sock").exists()
 
-        r = httpx.post(f"{url}/v1/posts", json={"text": "你好 hello from Ohio", "post_id": "serve-1"})
+        r = httpx.post(
+            f"{url}/v1/posts", json={"text": "你好 hello from Ohio", "post_id": "serve-1"}
+        )
         assert r.status_code == 202
         decision = wait_for_decision(url, "serve-1", timeout=90)
         assert decision.status_code == 200

