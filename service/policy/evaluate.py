@@ -1,0 +1,171 @@
+"""Evaluation: a post's facts + a loaded policy -> an outcome per market. Pure."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.policy.model import SEVERITY, Condition, KeywordList
+
+if TYPE_CHECKING:
+    from service.policy.parse import LoadedPolicy
+
+
+def normalize_text(text: str) -> str:
+    """Fold the text for keyword matching: NFKC (full-width -> half-width), lower case."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+# a word character that is not CJK (kana, CJK ideographs, hangul)
+_LATIN_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
+
+
+@dataclass(frozen=True)
+class KeywordMatcher:
+    terms: tuple[str, ...]
+    pattern: re.Pattern | None
+
+    @classmethod
+    def build(cls, kl: KeywordList) -> KeywordMatcher:
+        terms = tuple(sorted({normalize_text(t) for t in kl.terms}, key=len, reverse=True))
+        parts = []
+        for term in terms:
+            # Latin words match on word boundaries ("ass" must not fire on "class");
+            # CJK has no spaces, so CJK terms match anywhere.
+            escaped = re.escape(term)
+            # ("加我telegram": a CJK neighbour is a boundary, it is not part of the Latin word)
+            parts.append(
+                rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
+            )
+        parts += [f"(?:{r})" for r in kl.regexes]
+        return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
+
+    def find(self, folded_text: str) -> list[str]:
+        if self.pattern is None:
+            return []
+        return sorted({m.group(0) for m in self.pattern.finditer(folded_text)})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything a rule may look at, computed before evaluation."""
+
+    text: str
+    language: str
+    script: str
+    mixed: bool
+    scores: Mapping[str, float]
+    market: str
+    account_age_days: float | None = None
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    rule_id: str
+    action: str
+    labels: tuple[str, ...]
+    queue: str | None
+    categories: tuple[tuple[str, float], ...]  # categories whose score conditions fired
+    keywords: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    market: str
+    action: str
+    matches: tuple[RuleMatch, ...]
+    labels: tuple[str, ...]
+    queue: str | None
+
+
+class _Trace:
+    __slots__ = ("categories", "keywords")
+
+    def __init__(self) -> None:
+        self.categories: dict[str, float] = {}
+        self.keywords: dict[str, tuple[str, ...]] = {}
+
+
+def _holds(
+    c: Condition, f: Facts, lp: LoadedPolicy, folded: str, trace: _Trace, cache: dict
+) -> bool:
+    if c.language is not None and f.language not in c.language:
+        return False
+    if c.script is not None and f.script not in c.script:
+        return False
+    if c.mixed is not None and f.mixed != c.mixed:
+        return False
+    if c.market is not None and f.market not in c.market:
+        return False
+    if c.text_chars_lt is not None and len(f.text.strip()) >= c.text_chars_lt:
+        return False
+    if c.account_age_days_lt is not None and (
+        f.account_age_days is None or f.account_age_days >= c.account_age_days_lt
+    ):
+        return False
+    if c.category is not None:
+        score = f.scores.get(c.category, 0.0)
+        low = c.min_score
+        if low is None and c.max_score is None:
+            low = lp.policy.categories[c.category].threshold_for(f.language)
+        if low is not None and score < low:
+            return False
+        if c.max_score is not None and score >= c.max_score:
+            return False
+        trace.categories[c.category] = score
+    if c.keywords is not None:
+        if c.keywords not in cache:
+            cache[c.keywords] = tuple(lp.matchers[c.keywords].find(folded))
+        hits = cache[c.keywords]
+        if not hits:
+            return False
+        trace.keywords[c.keywords] = hits
+    if c.all is not None and not all(_holds(x, f, lp, folded, trace, cache) for x in c.all):
+        return False
+    # `any` evaluates every branch (no short-circuit) so reasons list all that fired
+    if c.any is not None and not [x for x in c.any if _holds(x, f, lp, folded, trace, cache)]:
+        return False
+    return not (c.not_ is not None and _holds(c.not_, f, lp, folded, _Trace(), cache))
+
+
+def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
+    """Outcome per market of ``lp`` for a post with ``facts`` (its own market included)."""
+    folded = normalize_text(facts.text)
+    cache: dict[str, tuple[str, ...]] = {}
+    outcomes: dict[str, Outcome] = {}
+    markets = list(lp.policy.markets)
+    if facts.market not in markets:
+        markets.append(facts.market)
+    for market in markets:
+        f = Facts(**{**facts.__dict__, "market": market})
+        matches = []
+        for rule in lp.policy.rules:
+            if rule.markets is not None and market not in rule.markets:
+                continue
+            trace = _Trace()
+            if _holds(rule.when, f, lp, folded, trace, cache):
+                matches.append(
+                    RuleMatch(
+                        rule_id=rule.id,
+                        action=rule.action,
+                        labels=tuple(rule.labels),
+                        queue=rule.queue
+                        or (f"review:{f.language}" if rule.action == "review" else None),
+                        categories=tuple(sorted(trace.categories.items())),
+                        keywords=tuple(sorted(trace.keywords.items())),
+                    )
+                )
+        priority = {r.id: r.priority for r in lp.policy.rules}
+        matches.sort(key=lambda m: (-SEVERITY[m.action], -priority[m.rule_id], m.rule_id))
+        action = matches[0].action if matches else "allow"
+        labels = tuple(dict.fromkeys(label for m in matches for label in m.labels))
+        queue = (
+            next((m.queue for m in matches if m.action == "review"), None)
+            if action == "review"
+            else None
+        )
+        outcomes[market] = Outcome(market, action, tuple(matches), labels, queue)
+    return outcomes

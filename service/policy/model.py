@@ -1,0 +1,181 @@
+"""Policy file model: the pydantic classes a policy YAML is validated into."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ACTIONS = ("allow", "label", "limit_reach", "review", "remove")
+SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
+Action = Literal["allow", "label", "limit_reach", "review", "remove"]
+LANG_CODE = r"^(und|[a-z]{2,3})$"
+EXAMPLE_KEY = r"^(und|mixed|[a-z]{2,3})$"  # examples may also be filed as mixed-language
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Category(_Strict):
+    description: str = Field(min_length=3)
+    threshold: float = Field(ge=0.0, le=1.0)
+    # e.g. {"en": 0.8}: one threshold per language where the scorer behaves differently
+    thresholds: dict[
+        Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]
+    ] = {}
+    # language -> example texts; the zero-shot scorer embeds these
+    examples: dict[
+        Annotated[str, Field(pattern=EXAMPLE_KEY)], list[Annotated[str, Field(min_length=1)]]
+    ] = {}
+
+    def threshold_for(self, language: str) -> float:
+        return self.thresholds.get(language, self.threshold)
+
+
+class KeywordList(_Strict):
+    description: str = ""
+    terms: list[Annotated[str, Field(min_length=1)]] = []
+    regexes: list[Annotated[str, Field(min_length=1)]] = []
+
+    @field_validator("regexes")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(f"(?:{pattern})")  # as the matcher joins it: "(?i)x" fails there
+            except re.error as exc:
+                raise ValueError(f"bad regex {pattern!r}: {exc}") from exc
+        return value
+
+
+class Condition(_Strict):
+    """One node of a rule's condition tree; the keys present are ANDed together."""
+
+    all: list[Condition] | None = Field(default=None, min_length=1)
+    any: list[Condition] | None = Field(default=None, min_length=1)
+    not_: Condition | None = Field(default=None, alias="not")
+    language: list[Annotated[str, Field(pattern=LANG_CODE)]] | None = None
+    script: list[str] | None = None
+    mixed: bool | None = None
+    category: str | None = None
+    # score at or above which `category` matches; default: the category's threshold
+    min_score: float | None = Field(default=None, ge=0, le=1)
+    max_score: float | None = Field(default=None, ge=0, le=1)
+    keywords: str | None = None
+    market: list[str] | None = None
+    account_age_days_lt: float | None = Field(default=None, gt=0)
+    text_chars_lt: int | None = Field(default=None, gt=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if not self.model_fields_set:
+            raise ValueError("empty condition")
+        # `language: null` would silently match every post: refuse it
+        nulls = sorted(n for n in self.model_fields_set if getattr(self, n) is None)
+        if nulls:
+            raise ValueError(f"condition keys without a value: {', '.join(nulls)}")
+        if (self.min_score is not None or self.max_score is not None) and self.category is None:
+            raise ValueError("min_score/max_score need a category")
+        return self
+
+
+class Rule(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    description: str = ""
+    when: Condition
+    action: Action
+    labels: list[str] = []
+    # review queue name; default: "review:<language>"
+    queue: str | None = None
+    # on ties in severity the higher priority rule is reported first
+    priority: int = 0
+    # the rule only applies in these markets (default: all)
+    markets: list[str] | None = None
+
+
+class Policy(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    markets: list[str] = Field(default=["cn", "intl"], min_length=1)
+    default_market: str = "cn"
+    categories: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Category]
+    # texts the zero-shot scorer treats as the benign anchor, per language
+    benign_examples: dict[Annotated[str, Field(pattern=EXAMPLE_KEY)], list[str]] = {}
+    keywords: dict[str, KeywordList] = {}
+    rules: list[Rule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        errors: list[tuple[tuple, str]] = []  # (path in the document, message)
+        if self.default_market not in self.markets:
+            errors.append(
+                (("default_market",), f"default_market {self.default_market!r} is not in markets")
+            )
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            at = ("rules", i)
+            if rule.id in seen:
+                errors.append((at + ("id",), f"rules[{i}]: duplicate rule id {rule.id!r}"))
+            seen.add(rule.id)
+            for market in rule.markets or ():
+                if market not in self.markets:
+                    errors.append(
+                        (at + ("markets",), f"rules[{i}] ({rule.id}): unknown market {market!r}")
+                    )
+            for path, cond in _walk(rule.when, at + ("when",)):
+                if cond.category and cond.category not in self.categories:
+                    errors.append((
+                        path + ("category",),
+                        f"rules[{i}] ({rule.id}): unknown category {cond.category!r}"
+                        f"{_suggest(cond.category, self.categories)}",
+                    ))  # fmt: skip
+                if cond.keywords and cond.keywords not in self.keywords:
+                    errors.append((
+                        path + ("keywords",),
+                        f"rules[{i}] ({rule.id}): unknown keyword list {cond.keywords!r}"
+                        f"{_suggest(cond.keywords, self.keywords)}",
+                    ))  # fmt: skip
+                for market in cond.market or ():
+                    if market not in self.markets:
+                        errors.append(
+                            (
+                                path + ("market",),
+                                f"rules[{i}] ({rule.id}): unknown market {market!r}",
+                            )
+                        )
+        if errors:
+            raise _LocatedErrors(errors)
+        return self
+
+
+class _LocatedErrors(ValueError):
+    """Several errors found after parsing, each with its path in the document (for file:line)."""
+
+    def __init__(self, located: list[tuple[tuple, str]]) -> None:
+        super().__init__("; ".join(msg for _, msg in located))
+        self.located = located
+
+
+def _walk(cond: Condition, path: tuple = ()) -> Iterable[tuple[tuple, Condition]]:
+    yield path, cond
+    for key, children in (("all", cond.all or []), ("any", cond.any or [])):
+        for j, child in enumerate(children):
+            yield from _walk(child, path + (key, j))
+    if cond.not_ is not None:
+        yield from _walk(cond.not_, path + ("not",))
+
+
+def _suggest(name: str, options: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def policy_json_schema() -> dict[str, Any]:
+    return Policy.model_json_schema(by_alias=True)
