@@ -793,3 +793,159 @@ def test_one_character_changes_the_version(old: str, new: str) -> None:
     changed = mutate(old, new)
     assert abs(len(changed) - len(BASE)) <= 2
     assert parse_policy(changed).version != parse_policy(BASE).version
+
+
+# --------------------------------------------------------------------------- evasion folding
+
+FOLD_POLICY = """\
+name: t
+categories:
+  scam_spam: {description: scams, threshold: 0.8}
+keywords:
+  contact:
+    terms: [加微信, casino, 賭場]
+rules:
+  - id: contact
+    when: {keywords: contact}
+    action: review
+"""
+
+
+@pytest.mark.parametrize(
+    "text, hit",
+    [
+        ("快来加微信", "加微信"),
+        ("快来加 微 信", "加微信"),  # spaced out
+        ("快来加😀微😀信", "加微信"),  # emoji between characters
+        ("快来加\u200b微\u200b信", "加微信"),  # zero-width spaces
+        ("c a s i n o tonight", "casino"),
+        ("c.a.s.i.n.o tonight", "casino"),
+        ("ＣＡＳＩＮＯ", "casino"),  # full-width
+        ("澳门赌场", "赌场"),  # Simplified text, Traditional term in the list
+        ("澳門賭場", "赌场"),  # Traditional text
+        ("I am a cat", None),  # single letters in ordinary text are not joined
+        ("casinos are fun", None),  # word boundary still holds
+    ],
+)
+def test_keywords_see_through_evasion(text, hit):
+    lp = parse_policy(FOLD_POLICY)
+    out = evaluate(lp, facts(text=text, language="zh"))
+    matches = out["cn"].matches
+    if hit is None:
+        assert matches == ()
+    else:
+        assert dict(matches[0].keywords)["contact"] == (hit,)
+
+
+# --------------------------------------------------------------------------- includes
+
+
+def test_keyword_and_regex_files_beside_the_policy(tmp_path):
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "gambling.txt").write_text("# our list\n百家乐\n\nbaccarat\n", "utf-8")
+    (tmp_path / "lists" / "contact.re").write_text(r"wx\d{4}" + "\n", "utf-8")
+    policy = FOLD_POLICY.replace(
+        "    terms: [加微信, casino, 賭場]",
+        "    terms: [加微信]\n    files: [lists/gambling.txt]\n    regex_files: [lists/contact.re]",
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text(policy, "utf-8")
+    lp = load_policy(path)
+    assert set(lp.includes) == {"lists/gambling.txt", "lists/contact.re"}
+    for text in ("百家乐走起", "baccarat night", "add wx1234"):
+        assert evaluate(lp, facts(text=text))["cn"].action == "review", text
+    # the version covers the included files: editing a list makes a new version
+    before = lp.version
+    (tmp_path / "lists" / "gambling.txt").write_text("百家乐\n", "utf-8")
+    assert load_policy(path).version != before
+    # a bundle reloads the same version without the disk
+    from service.policy.parse import load_bundle
+
+    again = load_policy(path)
+    assert load_bundle(again.bundle()).version == again.version
+
+
+@pytest.mark.parametrize(
+    "files, content, expected",
+    [
+        ("files: [lists/missing.txt]", None, ["p.yaml:6:13", "cannot read 'lists/missing.txt'"]),
+        ("files: [../outside.txt]", None, ["p.yaml:6:13", "stay beside the policy"]),
+        ("regex_files: [lists/bad.re]", "ok\n(unclosed\n", ["lists/bad.re:2:1", "bad regex"]),
+    ],
+)
+def test_include_errors_point_at_the_right_file_and_line(tmp_path, files, content, expected):
+    (tmp_path / "lists").mkdir()
+    if content is not None:
+        (tmp_path / "lists" / "bad.re").write_text(content, "utf-8")
+    policy = FOLD_POLICY.replace("    terms: [加微信, casino, 賭場]", f"    {files}")
+    path = tmp_path / "p.yaml"
+    path.write_text(policy, "utf-8")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    [message] = err.value.errors
+    for fragment in expected:
+        assert fragment in message
+
+
+# --------------------------------------------------------------------------- unreachable rules
+
+UNREACHABLE_BASE = """\
+name: t
+markets: [cn, intl]
+categories:
+  hate: {description: hate speech, threshold: 0.5}
+rules:
+  - id: fine
+    when: {category: hate}
+    action: review
+  - id: r2
+{markets}    when: {when}
+    action: remove
+"""
+
+
+@pytest.mark.parametrize(
+    "markets, when, fragment",
+    [
+        (
+            "",
+            "{all: [{language: [en]}, {language: [zh]}]}",
+            "language conditions exclude each other",
+        ),
+        ("", "{all: [{language: [en]}, {not: {language: [en]}}]}", "is excluded"),
+        (
+            "",
+            "{category: hate, min_score: 0.9, max_score: 0.5}",
+            "hate score must be >= 0.9 and < 0.5",
+        ),
+        ("", "{all: [{category: hate}, {not: {category: hate}}]}", "hate score"),
+        ("    markets: [cn]\n", "{market: [intl]}", "market conditions exclude each other"),
+        ("", "{all: [{mixed: true}, {mixed: false}]}", "mixed must be both"),
+        ("", "{all: [{account_age_days_lt: 3}, {not: {account_age_days_lt: 5}}]}", "account age"),
+        ("", "{all: [{text_chars_lt: 5}, {not: {text_chars_lt: 10}}]}", "text length"),
+    ],
+)
+def test_unreachable_rules_are_refused(markets, when, fragment):
+    text = UNREACHABLE_BASE.replace("{markets}", markets).replace("{when}", when)
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "p.yaml")
+    [message] = err.value.errors
+    line = 11 if markets else 10
+    assert message.startswith(f"p.yaml:{line}:11: rules.1.when: rule 'r2' can never match")
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "{any: [{language: [en]}, {all: [{language: [en]}, {language: [zh]}]}]}",
+        "{not: {any: [{language: [en]}, {language: [zh]}]}}",
+        "{all: [{category: hate, min_score: 0.2}, {not: {category: hate, min_score: 0.6}}]}",
+        "{all: [{keywords: nothing_known}]}".replace(
+            "{keywords: nothing_known}", "{language: [en]}"
+        ),
+    ],
+)
+def test_satisfiable_rules_are_not_called_unreachable(when):
+    text = UNREACHABLE_BASE.replace("{markets}", "").replace("{when}", when)
+    assert parse_policy(text, "p.yaml").policy.rules[1].id == "r2"

@@ -18,7 +18,6 @@ from service.policy.evaluate import (
     Outcome,
     RuleMatch,
     evaluate,
-    normalize_text,
 )
 from service.policy.model import (
     ACTIONS,
@@ -31,6 +30,7 @@ from service.policy.model import (
     policy_json_schema,
 )
 from service.policy.parse import LoadedPolicy, PolicyError, load_policy, parse_policy
+from service.policy.text import collapse, fold
 
 __all__ = [
     "ACTIONS",
@@ -48,7 +48,8 @@ __all__ = [
     "RuleMatch",
     "evaluate",
     "load_policy",
-    "normalize_text",
     "parse_policy",
+    "fold",
+    "collapse",
     "policy_json_schema",
 ]

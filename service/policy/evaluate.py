@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.policy.model import SEVERITY, Condition, KeywordList
+from service.policy.model import SEVERITY, Condition
+from service.policy.text import collapse, fold
 
 if TYPE_CHECKING:
     from service.policy.parse import LoadedPolicy
-
-
-def normalize_text(text: str) -> str:
-    """Fold the text for keyword matching: NFKC (full-width -> half-width), lower case."""
-    return unicodedata.normalize("NFKC", text).casefold()
 
 
 # a word character that is not CJK (kana, CJK ideographs, hangul)
@@ -29,8 +24,8 @@ class KeywordMatcher:
     pattern: re.Pattern | None
 
     @classmethod
-    def build(cls, kl: KeywordList) -> KeywordMatcher:
-        terms = tuple(sorted({normalize_text(t) for t in kl.terms}, key=len, reverse=True))
+    def build(cls, terms: list[str], regexes: list[str]) -> KeywordMatcher:
+        terms = tuple(sorted({fold(t) for t in terms if fold(t).strip()}, key=len, reverse=True))
         parts = []
         for term in terms:
             # Latin words match on word boundaries ("ass" must not fire on "class");
@@ -40,13 +35,14 @@ class KeywordMatcher:
             parts.append(
                 rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
             )
-        parts += [f"(?:{r})" for r in kl.regexes]
+        parts += [f"(?:{r})" for r in regexes]
         return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
 
-    def find(self, folded_text: str) -> list[str]:
+    def find(self, *forms: str) -> list[str]:
+        """Hits in any of the text's forms (folded, collapsed)."""
         if self.pattern is None:
             return []
-        return sorted({m.group(0) for m in self.pattern.finditer(folded_text)})
+        return sorted({m.group(0) for form in forms for m in self.pattern.finditer(form)})
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,7 @@ class _Trace:
 
 
 def _holds(
-    c: Condition, f: Facts, lp: LoadedPolicy, folded: str, trace: _Trace, cache: dict
+    c: Condition, f: Facts, lp: LoadedPolicy, forms: tuple[str, ...], trace: _Trace, cache: dict
 ) -> bool:
     if c.language is not None and f.language not in c.language:
         return False
@@ -118,22 +114,23 @@ def _holds(
         trace.categories[c.category] = score
     if c.keywords is not None:
         if c.keywords not in cache:
-            cache[c.keywords] = tuple(lp.matchers[c.keywords].find(folded))
+            cache[c.keywords] = tuple(lp.matchers[c.keywords].find(*forms))
         hits = cache[c.keywords]
         if not hits:
             return False
         trace.keywords[c.keywords] = hits
-    if c.all is not None and not all(_holds(x, f, lp, folded, trace, cache) for x in c.all):
+    if c.all is not None and not all(_holds(x, f, lp, forms, trace, cache) for x in c.all):
         return False
     # `any` evaluates every branch (no short-circuit) so reasons list all that fired
-    if c.any is not None and not [x for x in c.any if _holds(x, f, lp, folded, trace, cache)]:
+    if c.any is not None and not [x for x in c.any if _holds(x, f, lp, forms, trace, cache)]:
         return False
-    return not (c.not_ is not None and _holds(c.not_, f, lp, folded, _Trace(), cache))
+    return not (c.not_ is not None and _holds(c.not_, f, lp, forms, _Trace(), cache))
 
 
 def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
     """Outcome per market of ``lp`` for a post with ``facts`` (its own market included)."""
-    folded = normalize_text(facts.text)
+    folded = fold(facts.text)
+    forms = (folded, collapse(folded))
     cache: dict[str, tuple[str, ...]] = {}
     outcomes: dict[str, Outcome] = {}
     markets = list(lp.policy.markets)
@@ -146,7 +143,7 @@ def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
             if rule.markets is not None and market not in rule.markets:
                 continue
             trace = _Trace()
-            if _holds(rule.when, f, lp, folded, trace, cache):
+            if _holds(rule.when, f, lp, forms, trace, cache):
                 matches.append(
                     RuleMatch(
                         rule_id=rule.id,

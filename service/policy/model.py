@@ -39,6 +39,9 @@ class KeywordList(_Strict):
     description: str = ""
     terms: list[Annotated[str, Field(min_length=1)]] = []
     regexes: list[Annotated[str, Field(min_length=1)]] = []
+    # files beside the policy (relative paths), one term / one regex per line, # comments
+    files: list[Annotated[str, Field(min_length=1)]] = []
+    regex_files: list[Annotated[str, Field(min_length=1)]] = []
 
     @field_validator("regexes")
     @classmethod

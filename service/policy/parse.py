@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.policy.evaluate import KeywordMatcher
 from service.policy.model import Category, Condition, KeywordList, Policy, Rule, _suggest
+from service.policy.validate import unreachable_rules
 
 
 class PolicyError(ValueError):
@@ -22,16 +24,37 @@ class PolicyError(ValueError):
         self.errors = errors
 
 
+Resolver = Callable[[str], bytes]
+
+
 @dataclass(frozen=True)
 class LoadedPolicy:
     policy: Policy
-    version: str  # sha256 of the file's bytes, shortened
+    # sha256 of the policy's bytes and of every file it includes, shortened
+    version: str
     source: str
     matchers: dict[str, KeywordMatcher] = field(repr=False)
+    raw: bytes = field(default=b"", repr=False)
+    includes: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return self.policy.name
+
+    def bundle(self) -> dict[str, str]:
+        """Everything needed to load this exact version again (kept for every live version)."""
+        return {
+            "source": self.source,
+            "policy": self.raw.decode("utf-8"),
+            "includes": {k: v.decode("utf-8") for k, v in self.includes.items()},
+        }
+
+
+def policy_files(path: Path | str) -> list[Path]:
+    """The policy file and the files it includes (what a watcher must watch)."""
+    lp = load_policy(path)
+    base = Path(path).parent
+    return [Path(path)] + [base / name for name in lp.includes]
 
 
 def load_policy(path: Path | str) -> LoadedPolicy:
@@ -40,10 +63,26 @@ def load_policy(path: Path | str) -> LoadedPolicy:
         raw = path.read_bytes()
     except OSError as exc:
         raise PolicyError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    return parse_policy(raw, source=str(path))
+    return parse_policy(
+        raw, source=str(path), resolve=lambda name: (path.parent / name).read_bytes()
+    )
 
 
-def parse_policy(raw: bytes | str, source: str = "<policy>") -> LoadedPolicy:
+def load_bundle(bundle: dict) -> LoadedPolicy:
+    """Load a version from its bundle (see LoadedPolicy.bundle), without touching the disk."""
+    includes = {k: v.encode("utf-8") for k, v in bundle.get("includes", {}).items()}
+
+    def resolve(name: str) -> bytes:
+        if name not in includes:
+            raise FileNotFoundError(name)
+        return includes[name]
+
+    return parse_policy(bundle["policy"], source=bundle.get("source", "<bundle>"), resolve=resolve)
+
+
+def parse_policy(
+    raw: bytes | str, source: str = "<policy>", resolve: Resolver | None = None
+) -> LoadedPolicy:
     data = raw.encode() if isinstance(raw, str) else raw
     try:
         text = data.decode("utf-8")
@@ -68,9 +107,63 @@ def parse_policy(raw: bytes | str, source: str = "<policy>") -> LoadedPolicy:
         policy = Policy.model_validate(doc)
     except ValidationError as exc:
         raise PolicyError(_format_errors(exc, lines, source)) from None
-    version = hashlib.sha256(data).hexdigest()[:16]
-    matchers = {name: KeywordMatcher.build(kl) for name, kl in policy.keywords.items()}
-    return LoadedPolicy(policy=policy, version=version, source=source, matchers=matchers)
+    includes, terms, regexes, errors = _read_includes(policy, lines, source, resolve)
+    for path, message in unreachable_rules(policy):
+        line, col = lines.get(path, (1, 1))
+        errors.append(f"{source}:{line}:{col}: {'.'.join(map(str, path))}: {message}")
+    if errors:
+        raise PolicyError(errors)
+    digest = hashlib.sha256(data)
+    for name in sorted(includes):
+        digest.update(b"\0" + name.encode() + b"\0" + includes[name])
+    matchers = {
+        name: KeywordMatcher.build(kl.terms + terms[name], kl.regexes + regexes[name])
+        for name, kl in policy.keywords.items()
+    }
+    return LoadedPolicy(policy=policy, version=digest.hexdigest()[:16], source=source,
+                        matchers=matchers, raw=data, includes=includes)  # fmt: skip
+
+
+def _read_includes(policy: Policy, lines: dict, source: str, resolve: Resolver | None):
+    """Read keyword and regex files; errors point into the policy or into the included file."""
+    includes: dict[str, bytes] = {}
+    terms: dict[str, list[str]] = {name: [] for name in policy.keywords}
+    regexes: dict[str, list[str]] = {name: [] for name in policy.keywords}
+    errors: list[str] = []
+    for name, kl in policy.keywords.items():
+        for kind, files in (("files", kl.files), ("regex_files", kl.regex_files)):
+            for i, rel in enumerate(files):
+                line, col = lines.get(("keywords", name, kind, i), (1, 1))
+                where = f"{source}:{line}:{col}: keywords.{name}.{kind}.{i}"
+                if resolve is None:
+                    errors.append(f"{where}: includes need a policy loaded from a file")
+                    continue
+                if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                    errors.append(f"{where}: {rel!r}: include paths stay beside the policy")
+                    continue
+                try:
+                    content = resolve(rel)
+                    text = content.decode("utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    errors.append(
+                        f"{where}: cannot read {rel!r}: {getattr(exc, 'strerror', None) or exc}"
+                    )
+                    continue
+                includes[rel] = content
+                for n, raw_line in enumerate(text.splitlines(), 1):
+                    item = raw_line.strip()
+                    if not item or item.startswith("#"):
+                        continue
+                    if kind == "files":
+                        terms[name].append(item)
+                        continue
+                    try:
+                        re.compile(f"(?:{item})")
+                    except re.error as exc:
+                        errors.append(f"{rel}:{n}:1: bad regex {item!r}: {exc}")
+                        continue
+                    regexes[name].append(item)
+    return includes, terms, regexes, errors
 
 
 def _duplicate_keys(node: yaml.Node | None, source: str) -> list[str]:

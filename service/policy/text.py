@@ -1,0 +1,60 @@
+"""Text folding for keyword matching: what an evader changes, we fold back.
+
+* full-width / half-width and other compatibility forms: NFKC (`ＣＡＳＩＮＯ` -> `casino`)
+* case: casefold
+* Traditional -> Simplified characters, so one list covers both (`賭場` -> `赌场`), from
+  OpenCC's character table shipped in the opencc-purepy package
+* invisible characters (zero-width space / joiner, soft hyphen...): removed
+* spacing and emoji tricks between characters: a second, *collapsed* form joins CJK
+  characters separated by up to three non-word characters (`加 微 信`, `加😀微😀信` -> `加微信`)
+  and single Latin letters separated the same way (`c a s i n o`, `c.a.s.i.n.o` -> `casino`)
+
+Keyword terms are folded the same way when the policy loads, and matched against both the
+folded and the collapsed form of a post.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+
+_CJK = r"\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_SEP = r"[\W_]{1,3}"
+_CJK_GAP = re.compile(rf"(?<=[{_CJK}]){_SEP}(?=[{_CJK}])")
+# a lone Latin letter/digit, a gap, another lone one: "c a s", "c.a.s"
+_LETTER_GAP = re.compile(r"(?<![^\W_])([^\W_])" + _SEP + r"(?=[^\W_](?![^\W_]))", re.ASCII)
+
+
+@lru_cache(maxsize=1)
+def _traditional_to_simplified() -> dict[int, str]:
+    spec = importlib.util.find_spec("opencc_purepy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("opencc-purepy is required for Traditional/Simplified folding")
+    table = Path(next(iter(spec.submodule_search_locations))) / "dicts" / "TSCharacters.txt"
+    mapping: dict[int, str] = {}
+    for line in table.read_text("utf-8").splitlines():
+        trad, _, simp = line.partition("\t")
+        targets = simp.split()
+        if len(trad) == 1 and targets and len(targets[0]) == 1 and targets[0] != trad:
+            mapping[ord(trad)] = targets[0]
+    return mapping
+
+
+def fold(text: str) -> str:
+    """NFKC, casefold, Traditional -> Simplified, invisible characters removed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return text.translate(_traditional_to_simplified())
+
+
+def collapse(folded: str) -> str:
+    """Join characters an evader spaced out (see the module docstring)."""
+    text = _CJK_GAP.sub("", folded)
+    # repeated because a match consumes the letter before each gap
+    previous = None
+    while previous != text:
+        previous, text = text, _LETTER_GAP.sub(r"\1", text)
+    return text
