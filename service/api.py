@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,8 +33,10 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
+from service.policy import PolicyError, load_policy
+from service.policy.parse import load_bundle, policy_files
 from service.queue import AsyncProducer, Keys
-from service.redisdb import connect_async
+from service.redisdb import connect, connect_async
 from service.schemas import (
     Accepted,
     BatchIn,
@@ -43,8 +46,9 @@ from service.schemas import (
     Failed,
     Pending,
     PostIn,
+    ShadowIn,
 )
-from service.store import DecisionReader
+from service.store import DecisionReader, PolicyRegistry, ShadowStats
 
 log = logging.getLogger("floodgate.api")
 
@@ -178,6 +182,71 @@ class Metrics:
         self.throughput.set(stats["throughput"]["per_s"])
 
 
+def _policy_errors(exc: PolicyError) -> JSONResponse:
+    detail = [{"field": "policy", "message": line, "type": "policy_error"} for line in exc.errors]
+    return error_response(422, "invalid_policy", detail)
+
+
+def publish_file(registry: PolicyRegistry, path: Path, role: str = "live") -> dict:
+    """Validate the policy at `path` and make it the live (or shadow) version.
+
+    Raises PolicyError (with `check`'s file:line errors) and then changes nothing.
+    """
+    lp = load_policy(path)
+    changed = registry.publish(lp.bundle(), lp.version, lp.name, role=role)
+    if changed:
+        log.info("%s policy is now %s (%s, from %s)", role, lp.version, lp.name, path)
+    return {"role": role, "name": lp.name, "version": lp.version, "changed": changed}
+
+
+def _publish_at_start(registry: PolicyRegistry, settings: Settings) -> None:
+    try:
+        publish_file(registry, settings.policy_path)
+    except PolicyError as exc:
+        if registry.current()["live"] is None:
+            raise
+        log.error("policy file is invalid; the live version stays:\n%s", exc)
+    if settings.shadow_policy_path:
+        publish_file(registry, settings.shadow_policy_path, role="shadow")
+
+
+def _fingerprint(path: Path) -> tuple:
+    """Modification times and sizes of the policy and the files it includes."""
+    try:
+        files = policy_files(path)
+    except PolicyError:
+        files = [path]  # invalid right now: watch the file itself until it is fixed
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((str(f), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(f), None, None))
+    return tuple(out)
+
+
+async def _watch_policy(registry: PolicyRegistry, settings: Settings) -> None:
+    """Poll the policy files; publish a valid change, log an invalid one (the live one stays).
+
+    Polling keeps it dependency-free and works on every file system (bind mounts, NFS).
+    """
+    path = settings.policy_path
+    seen = await asyncio.to_thread(_fingerprint, path)
+    while True:
+        await asyncio.sleep(settings.policy_watch_interval_s)
+        try:
+            now = await asyncio.to_thread(_fingerprint, path)
+            if now == seen:
+                continue
+            seen = now
+            await asyncio.to_thread(publish_file, registry, path)
+        except PolicyError as exc:
+            log.error("policy edit refused, the live version stays:\n%s", exc)
+        except Exception:  # the watcher must survive a Redis hiccup
+            log.exception("policy watcher")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.redis_url:
@@ -189,12 +258,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         client = connect_async(settings.redis_url)
+        sync_client = connect(settings.redis_url)
         state["client"] = client
         state["producer"] = AsyncProducer(client, keys, settings.decision_ttl_s)
         state["reader"] = DecisionReader(client, keys, settings.consumer_group)
         state["moderator_lock"] = asyncio.Lock()
+        registry = PolicyRegistry(sync_client, keys)
+        state["registry"] = registry
+        state["shadow_stats"] = ShadowStats(sync_client, keys)
+        await asyncio.to_thread(_publish_at_start, registry, settings)
+        watcher = None
+        if settings.policy_watch:
+            watcher = asyncio.create_task(_watch_policy(registry, settings))
         yield
+        if watcher:
+            watcher.cancel()
         await client.aclose()
+        sync_client.close()
 
     app = FastAPI(
         title="Floodgate",
@@ -294,6 +374,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with state["moderator_lock"]:
             if "moderator" not in state:
                 state["moderator"] = await asyncio.to_thread(Moderator.from_settings, settings)
+            # decide with the live version, like the workers
+            live = (await asyncio.to_thread(state["registry"].current))["live"]
+            if live and live != state["moderator"].policy.version:
+                bundle = await asyncio.to_thread(state["registry"].bundle, live)
+                if bundle:
+                    lp = await asyncio.to_thread(load_bundle, bundle)
+                    await asyncio.to_thread(state["moderator"].use_policy, lp)
         job = Job(post.post_id or _new_id(), post)
         [decision] = await asyncio.to_thread(state["moderator"].decide, [job])
         return decision
@@ -301,7 +388,95 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/stats", tags=["operations"])
     async def stats() -> dict:
         """Backlog, pending, dead letters, decisions by language and action, throughput."""
-        return await state["reader"].stats()
+        out = await state["reader"].stats()
+        shadow = (await asyncio.to_thread(state["registry"].current))["shadow"]
+        out["shadow"] = (
+            await asyncio.to_thread(state["shadow_stats"].report, shadow, 5) if shadow else None
+        )
+        return out
+
+    # ------------------------------------------------------------------ policy
+
+    def _describe(version: str | None) -> dict | None:
+        if version is None:
+            return None
+        bundle = state["registry"].bundle(version) or {}
+        return {"name": bundle.get("name"), "version": version, "source": bundle.get("source")}
+
+    @app.get("/v1/policy", tags=["policy"])
+    async def live_policy() -> dict:
+        """The live policy (and the shadow candidate, if any)."""
+        current = await asyncio.to_thread(state["registry"].current)
+        return {
+            "live": await asyncio.to_thread(_describe, current["live"]),
+            "shadow": await asyncio.to_thread(_describe, current["shadow"]),
+            "watching": str(settings.policy_path) if settings.policy_watch else None,
+        }
+
+    @app.post("/v1/policy/reload", tags=["policy"])
+    async def reload_policy() -> Any:
+        """Re-read the policy file; a valid one goes live, an invalid one is refused (422)."""
+        try:
+            return await asyncio.to_thread(publish_file, state["registry"], settings.policy_path)
+        except PolicyError as exc:
+            return _policy_errors(exc)
+
+    @app.get("/v1/policy/versions", tags=["policy"])
+    async def policy_history(limit: int = 100) -> list[dict]:
+        """Every change of the live and shadow versions, newest first."""
+        return await asyncio.to_thread(state["registry"].history, min(max(limit, 1), 10_000))
+
+    @app.get("/v1/policy/versions/{version}", tags=["policy"])
+    async def policy_version(version: str) -> Any:
+        """The exact policy (YAML and included files) of a version that has been live."""
+        bundle = await asyncio.to_thread(state["registry"].bundle, version)
+        if bundle is None:
+            return error_response(
+                404,
+                "not_found",
+                [
+                    {
+                        "field": "version",
+                        "message": f"unknown policy version {version!r}",
+                        "type": "not_found",
+                    }
+                ],
+            )
+        return bundle
+
+    @app.post("/v1/policy/shadow", tags=["policy"])
+    async def start_shadow(body: ShadowIn) -> Any:
+        """Run a candidate policy beside the live one on every post; nothing it decides is applied."""
+        try:
+            return await asyncio.to_thread(
+                publish_file, state["registry"], Path(body.path), "shadow"
+            )
+        except PolicyError as exc:
+            return _policy_errors(exc)
+
+    @app.delete("/v1/policy/shadow", tags=["policy"])
+    async def stop_shadow() -> dict:
+        return {"stopped": await asyncio.to_thread(state["registry"].clear, "shadow")}
+
+    @app.get("/v1/policy/shadow/report", tags=["policy"])
+    async def shadow_report(examples: int = 20) -> Any:
+        """How often and where the shadow policy disagrees with the live one, with examples."""
+        shadow = (await asyncio.to_thread(state["registry"].current))["shadow"]
+        if shadow is None:
+            return error_response(
+                404,
+                "not_found",
+                [
+                    {
+                        "field": "shadow",
+                        "message": "no shadow policy is running",
+                        "type": "not_found",
+                    }
+                ],
+            )
+        return await asyncio.to_thread(
+            state["shadow_stats"].report, shadow, min(max(examples, 0), 200)
+        )
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Any:

@@ -134,15 +134,20 @@ def api(
 @app.command()
 def worker() -> None:
     """Run one worker (needs REDIS_URL). Scale by running more of them."""
+    from service.policy import PolicyError
     from service.worker import run_worker
 
     settings = get_settings()
     if not settings.redis_url:
         typer.echo("floodgate worker: set REDIS_URL (or use `floodgate serve`)", err=True)
         raise typer.Exit(2)
-    _check_policy_or_exit(settings.policy_path)
     ensure_model(settings)
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except PolicyError as exc:
+        for line in exc.errors:
+            typer.echo(line, err=True)
+        raise typer.Exit(1) from None
 
 
 @model_app.command("build")
@@ -178,6 +183,61 @@ def policy_check(files: list[Path]) -> None:
         typer.echo(f"{path}: ok ({lp.name}, version {lp.version}, {len(lp.policy.rules)} rules)")
     if failed:
         raise typer.Exit(1)
+
+
+def _redis_for_cli(settings: Settings):
+    """REDIS_URL, or the embedded server of a running `floodgate serve` in the data dir."""
+    from service.redisdb import EmbeddedRedis, connect
+
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        if not embedded.socket.exists():
+            typer.echo("set REDIS_URL, or run this where `floodgate serve` is running", err=True)
+            raise typer.Exit(2)
+        url = embedded.url
+    return connect(url)
+
+
+@policy_app.command("shadow-report")
+def policy_shadow_report(
+    examples: int = typer.Option(10, help="how many differing posts to show"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+) -> None:
+    """How often and where the shadow policy disagrees with the live one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.queue import Keys
+    from service.store import PolicyRegistry, ShadowStats
+
+    settings = get_settings()
+    client = _redis_for_cli(settings)
+    keys = Keys(settings.key_prefix)
+    current = PolicyRegistry(client, keys).current()
+    if not current["shadow"]:
+        typer.echo("no shadow policy is running (POST /v1/policy/shadow starts one)", err=True)
+        raise typer.Exit(1)
+    report = ShadowStats(client, keys).report(current["shadow"], examples)
+    report["live"] = current["live"]
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    console.print(
+        f"shadow [bold]{report['version']}[/] vs live [bold]{current['live']}[/]: "
+        f"{report['differ']} of {report['total']} posts decided differently "
+        f"({report['differ_rate']:.1%})"
+    )
+    table = Table("language", "live", "shadow", "posts", title="Where they differ")
+    for t in report["transitions"]:
+        table.add_row(t["language"], t["live"], t["shadow"], str(t["count"]))
+    console.print(table)
+    ex = Table("post", "language", "live", "shadow", "text", title="Examples (newest first)")
+    for e in report["examples"]:
+        ex.add_row(e["post_id"], e["language"], f"{e['live']} {e['live_rules']}",
+                   f"{e['shadow']} {e['shadow_rules']}", e["text"][:80])  # fmt: skip
+    console.print(ex)
 
 
 @policy_app.command("schema")

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("var")
     policy_path: Path = REPO_ROOT / "policies" / "default.yaml"
+    # the API process watches the policy file (and the files it includes) and publishes a
+    # valid edit as the new live version; an invalid edit is logged and changes nothing
+    policy_watch: bool = True
+    policy_watch_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # a candidate policy to run in shadow mode from start-up (or use POST /v1/policy/shadow)
+    shadow_policy_path: Path | None = None
     # Where `floodgate model build` writes the converted encoder (large, never committed).
     model_dir: Path | None = None
     host: str = "127.0.0.1"

@@ -77,6 +77,27 @@ class Keys:
     def throughput(self, second: int) -> str:
         return f"{self.prefix}:tput:{second}"
 
+    def author(self, author_id: str) -> str:
+        return f"{self.prefix}:author:{author_id}"
+
+    # policy versions: every version that has been live or shadow, by version hash
+    @property
+    def policy_versions(self) -> str:
+        return f"{self.prefix}:policy:versions"
+
+    @property
+    def policy_history(self) -> str:
+        return f"{self.prefix}:policy:history"
+
+    def policy_role(self, role: str) -> str:
+        return f"{self.prefix}:policy:{role}"
+
+    def shadow_counts(self, version: str) -> str:
+        return f"{self.prefix}:shadow:{version}:counts"
+
+    def shadow_examples(self, version: str) -> str:
+        return f"{self.prefix}:shadow:{version}:examples"
+
 
 @dataclass(frozen=True)
 class Entry:

@@ -93,6 +93,7 @@ class Reason(BaseModel):
     action: str
     categories: dict[str, float] = {}
     keywords: dict[str, list[str]] = {}
+    signals: dict[str, float] = {}
 
 
 class MarketOutcome(BaseModel):
@@ -112,6 +113,15 @@ class Timings(BaseModel):
     processing_ms: float
 
 
+class ShadowOutcome(BaseModel):
+    """What a candidate policy running in shadow mode would have decided (not applied)."""
+
+    policy: VersionRef
+    action: Literal["allow", "label", "limit_reach", "review", "remove"]
+    rules: list[str]
+    outcomes: dict[str, str]
+
+
 class Decision(BaseModel):
     post_id: str
     status: Literal["decided"] = "decided"
@@ -127,6 +137,7 @@ class Decision(BaseModel):
     model: VersionRef
     timings: Timings
     decided_at: datetime
+    shadow: ShadowOutcome | None = None
 
 
 class Pending(BaseModel):
@@ -138,3 +149,8 @@ class Failed(BaseModel):
     post_id: str
     status: Literal["failed"] = "failed"
     error: str
+
+
+class ShadowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, description="policy file on the server to run in shadow mode")

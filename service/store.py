@@ -23,6 +23,7 @@ COMMIT_LUA = """
 -- KEYS: stream, audit, stats, tput, then one decision key per post
 -- ARGV: group, ttl, audit_maxlen, then per post: entry_id, post_id, decision_json, stat_field
 local written = 0
+local flags = {}
 local n = #KEYS - 4
 for i = 1, n do
   local base = 3 + (i - 1) * 4
@@ -31,6 +32,9 @@ for i = 1, n do
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', post_id, 'decision', doc)
     redis.call('HINCRBY', KEYS[3], stat, 1)
     written = written + 1
+    flags[i] = 1
+  else
+    flags[i] = 0
   end
   redis.call('XACK', KEYS[1], ARGV[1], entry)
   redis.call('XDEL', KEYS[1], entry)
@@ -39,7 +43,7 @@ if written > 0 then
   redis.call('INCRBY', KEYS[4], written)
   redis.call('EXPIRE', KEYS[4], 180)
 end
-return written
+return flags
 """
 
 
@@ -63,17 +67,17 @@ class DecisionWriter:
         self.audit_maxlen = audit_maxlen
         self._commit = client.register_script(COMMIT_LUA)
 
-    def commit(self, items: list[Committed]) -> int:
-        """Store the decisions (new ones only) and ack their entries; returns how many were new."""
+    def commit(self, items: list[Committed]) -> list[bool]:
+        """Store the decisions (new ones only) and ack their entries; True where new."""
         if not items:
-            return 0
+            return []
         keys = [self.keys.posts, self.keys.audit, self.keys.stats,
                 self.keys.throughput(int(time.time()))]  # fmt: skip
         args: list = [self.group, self.ttl_s, self.audit_maxlen]
         for it in items:
             keys.append(self.keys.decision(it.post_id))
             args += [it.entry_id, it.post_id, it.decision_json, f"{it.language}|{it.action}"]
-        return int(self._commit(keys=keys, args=args))
+        return [bool(f) for f in self._commit(keys=keys, args=args)]
 
 
 class DecisionReader:
@@ -149,4 +153,143 @@ class DecisionReader:
                 "decisions": done,
                 "per_s": round(done / window_s, 2),
             },
+        }
+
+
+class AuthorActivity:
+    """Posts per author over sliding windows (a sorted set per author, scored by time).
+
+    Members are post ids, so a post delivered twice is counted once.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def record_and_count(
+        self, posts: list[tuple[str, str, int]], windows: list[int]
+    ) -> list[dict[int, int]]:
+        """For (author_id, post_id, time_ms) items: record them, then count per window."""
+        if not posts or not windows:
+            return [{} for _ in posts]
+        horizon = max(windows) * 60_000
+        with self.client.pipeline(transaction=False) as pipe:
+            for author, post_id, at in posts:
+                key = self.keys.author(author)
+                pipe.zadd(key, {post_id: at})
+                pipe.zremrangebyscore(key, "-inf", at - horizon - 60_000)
+                pipe.pexpire(key, horizon + 120_000)
+            pipe.execute()
+            for author, _, at in posts:
+                for w in windows:
+                    pipe.zcount(self.keys.author(author), at - w * 60_000, at)
+            counts = pipe.execute()
+        out = []
+        for i in range(len(posts)):
+            row = counts[i * len(windows) : (i + 1) * len(windows)]
+            out.append({w: int(c) for w, c in zip(windows, row, strict=True)})
+        return out
+
+    def count(self, author: str, at: int, windows: list[int]) -> dict[int, int]:
+        """Counts without recording (for synchronous calls), this post included."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for w in windows:
+                pipe.zcount(self.keys.author(author), at - w * 60_000, at)
+            return {w: int(c) + 1 for w, c in zip(windows, pipe.execute(), strict=True)}
+
+
+class PolicyRegistry:
+    """Which policy version is live (and which is shadow), and every version ever published.
+
+    A version is stored once, as its bundle (the YAML and the files it includes), so any
+    decision can be explained against the exact policy that made it.
+    """
+
+    ROLES = ("live", "shadow")
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def publish(self, bundle: dict, version: str, name: str, role: str = "live") -> bool:
+        """Make `version` the live (or shadow) one; True when it changed."""
+        if role not in self.ROLES:
+            raise ValueError(role)
+        self.client.hsetnx(self.keys.policy_versions, version,
+                           json.dumps({**bundle, "name": name, "version": version}))  # fmt: skip
+        previous = self.client.set(self.keys.policy_role(role), version, get=True)
+        if previous != version:
+            self.client.xadd(
+                self.keys.policy_history,
+                {"role": role, "version": version, "name": name, "previous": previous or "",
+                 "source": bundle.get("source", ""), "at": int(time.time() * 1000)},
+                maxlen=10_000, approximate=True,
+            )  # fmt: skip
+        return previous != version
+
+    def clear(self, role: str) -> bool:
+        previous = self.client.getdel(self.keys.policy_role(role))
+        if previous:
+            self.client.xadd(self.keys.policy_history,
+                             {"role": role, "version": "", "previous": previous,
+                              "at": int(time.time() * 1000)})  # fmt: skip
+        return previous is not None
+
+    def current(self) -> dict[str, str | None]:
+        live, shadow = self.client.mget(
+            self.keys.policy_role("live"), self.keys.policy_role("shadow")
+        )
+        return {"live": live, "shadow": shadow}
+
+    def bundle(self, version: str) -> dict | None:
+        raw = self.client.hget(self.keys.policy_versions, version)
+        return json.loads(raw) if raw else None
+
+    def history(self, count: int = 100) -> list[dict]:
+        return [
+            dict(f, id=i) for i, f in self.client.xrevrange(self.keys.policy_history, count=count)
+        ]
+
+
+class ShadowStats:
+    """How often, and where, the shadow policy disagrees with the live one."""
+
+    EXAMPLES = 200
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def record(self, version: str, items: list[dict]) -> None:
+        """items: {post_id, text, language, live, shadow, live_rules, shadow_rules}."""
+        if not items:
+            return
+        counts, examples = self.keys.shadow_counts(version), self.keys.shadow_examples(version)
+        with self.client.pipeline(transaction=False) as pipe:
+            for it in items:
+                pipe.hincrby(counts, "total", 1)
+                if it["live"] != it["shadow"]:
+                    pipe.hincrby(counts, "differ", 1)
+                    pipe.hincrby(counts, f"{it['language']}|{it['live']}>{it['shadow']}", 1)
+                    pipe.lpush(examples, json.dumps(it, ensure_ascii=False))
+            pipe.ltrim(examples, 0, self.EXAMPLES - 1)
+            pipe.execute()
+
+    def report(self, version: str, examples: int = 20) -> dict:
+        counts = self.client.hgetall(self.keys.shadow_counts(version))
+        total, differ = int(counts.pop("total", 0)), int(counts.pop("differ", 0))
+        transitions = []
+        for key, n in counts.items():
+            lang, _, change = key.partition("|")
+            live, _, shadow = change.partition(">")
+            transitions.append({"language": lang, "live": live, "shadow": shadow, "count": int(n)})
+        transitions.sort(key=lambda t: -t["count"])
+        raw = self.client.lrange(self.keys.shadow_examples(version), 0, examples - 1)
+        return {
+            "version": version,
+            "total": total,
+            "differ": differ,
+            "differ_rate": round(differ / total, 4) if total else 0.0,
+            "transitions": transitions,
+            "examples": [json.loads(x) for x in raw],
         }

@@ -22,16 +22,19 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 import redis
 from pydantic import ValidationError
 
 from service.config import Settings
 from service.pipeline import Job, Moderator
+from service.policy import PolicyError, load_policy
+from service.policy.parse import load_bundle
 from service.queue import Consumer, Entry, Keys
 from service.redisdb import check_server, connect
 from service.schemas import PostIn
-from service.store import Committed, DecisionWriter
+from service.store import AuthorActivity, Committed, DecisionWriter, PolicyRegistry, ShadowStats
 
 log = logging.getLogger("floodgate.worker")
 
@@ -54,9 +57,52 @@ class Worker:
             settings.decision_ttl_s,
             settings.audit_maxlen,
         )
+        self.registry = PolicyRegistry(self.client, keys)
+        self.activity = AuthorActivity(self.client, keys)
+        self.shadow_stats = ShadowStats(self.client, keys)
         self.stopping = False
         self.decided = 0
         self._last_claim = 0.0
+        self._shadow_version: str | None = None
+
+    # ------------------------------------------------------------------ policy
+
+    def sync_policy(self) -> None:
+        """Follow the live and shadow versions published in Redis (checked every batch).
+
+        Swapping happens between batches, so no post is dropped or decided twice; a
+        version that fails to load (it never should: it was validated before publishing)
+        is logged and the current one stays.
+        """
+        current = self.registry.current()
+        if current["live"] is None:
+            lp = self.moderator.policy
+            self.registry.publish(lp.bundle(), lp.version, lp.name)
+        elif current["live"] != self.moderator.policy.version:
+            self._swap("live", current["live"])
+        if current["shadow"] != self._shadow_version:
+            if current["shadow"] is None:
+                self.moderator.use_shadow(None)
+                self._shadow_version = None
+                log.info("worker %s: shadow policy cleared", self.name)
+            else:
+                self._swap("shadow", current["shadow"])
+
+    def _swap(self, role: str, version: str) -> None:
+        bundle = self.registry.bundle(version)
+        try:
+            if bundle is None:
+                raise ValueError(f"version {version} is not in the registry")
+            lp = load_bundle(bundle)
+        except (PolicyError, ValueError) as exc:
+            log.error("worker %s: cannot load %s policy %s: %s", self.name, role, version, exc)
+            return
+        if role == "live":
+            self.moderator.use_policy(lp)
+        else:
+            self.moderator.use_shadow(lp)
+            self._shadow_version = lp.version
+        log.info("worker %s: %s policy is now %s (%s)", self.name, role, lp.version, lp.name)
 
     def request_stop(self, *_: object) -> None:
         if not self.stopping:
@@ -71,6 +117,7 @@ class Worker:
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
         self.consumer.ensure_group()
+        self.sync_policy()
         log.info("worker %s: reading %s", self.name, self.consumer.keys.posts)
         while not self.stopping and not (until and until()):
             try:
@@ -97,7 +144,11 @@ class Worker:
             batch = self.consumer.reclaim(s.claim_idle_ms, s.batch_size)
         if not batch:
             batch = self.consumer.read_batch(s.batch_size, s.batch_max_wait_ms, first_block_ms=500)
-        return self.process(batch) if batch else 0
+        if not batch:
+            self.sync_policy()
+            return 0
+        self.sync_policy()
+        return self.process(batch)
 
     # ------------------------------------------------------------------ batch
 
@@ -124,6 +175,7 @@ class Worker:
             jobs.append((entry, Job(entry.post_id, post, entry.enqueued_ms)))
         if not jobs:
             return 0
+        jobs = self._with_author_activity(jobs)
         try:
             decisions = self.moderator.decide([j for _, j in jobs])
             return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)))
@@ -148,6 +200,23 @@ class Worker:
                 # else: left pending; reclaimed and retried after claim_idle_ms
         return done
 
+    def _with_author_activity(self, jobs: list[tuple[Entry, Job]]) -> list[tuple[Entry, Job]]:
+        windows = self.moderator.policy.policy.author_windows()
+        counted = [(e, j) for e, j in jobs if j.post.author is not None]
+        if not windows or not counted:
+            return jobs
+        items = []
+        for entry, job in counted:
+            at = job.post.created_at
+            at_ms = int(at.timestamp() * 1000) if at is not None else entry.enqueued_ms
+            items.append((job.post.author.id, job.post_id, at_ms))
+        counts = dict(zip((j.post_id for _, j in counted),
+                          self.activity.record_and_count(items, windows), strict=True))  # fmt: skip
+        return [
+            (e, replace(j, author_posts=counts[j.post_id]) if j.post_id in counts else j)
+            for e, j in jobs
+        ]
+
     def _commit(self, pairs) -> int:
         items = [
             Committed(
@@ -159,9 +228,21 @@ class Worker:
             )
             for e, d in pairs
         ]
-        new = self.writer.commit(items)
-        self.decided += new
-        return new
+        flags = self.writer.commit(items)
+        # shadow comparisons count each post once, like the decisions themselves
+        shadowed = [
+            (d.shadow.policy.version, {
+                "post_id": d.post_id, "text": e.post().get("text", "")[:280],
+                "language": d.language.code, "live": d.action, "shadow": d.shadow.action,
+                "live_rules": [r.rule for r in d.reasons], "shadow_rules": d.shadow.rules,
+            })
+            for (e, d), new in zip(pairs, flags, strict=True)
+            if new and d.shadow is not None
+        ]  # fmt: skip
+        for version in {v for v, _ in shadowed}:
+            self.shadow_stats.record(version, [it for v, it in shadowed if v == version])
+        self.decided += sum(flags)
+        return sum(flags)
 
 
 def run_worker(settings: Settings) -> None:
@@ -169,7 +250,12 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    moderator = Moderator.from_settings(settings)
+    registry = PolicyRegistry(connect(settings.redis_url or ""), Keys(settings.key_prefix))
+    live = registry.current()["live"]
+    bundle = registry.bundle(live) if live else None
+    # the live version in Redis wins over the file: the file may be mid-edit
+    policy = load_bundle(bundle) if bundle else load_policy(settings.policy_path)
+    moderator = Moderator.from_settings(settings, policy=policy)
     moderator.warm_up()
     worker = Worker(settings, moderator)
     worker.install_signal_handlers()

@@ -56,6 +56,9 @@ class Facts:
     scores: Mapping[str, float]
     market: str
     account_age_days: float | None = None
+    # window in minutes -> posts by the same author in it (this one included); the worker
+    # counts them in Redis for the windows the policy uses
+    author_posts: Mapping[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class RuleMatch:
     queue: str | None
     categories: tuple[tuple[str, float], ...]  # categories whose score conditions fired
     keywords: tuple[tuple[str, tuple[str, ...]], ...]
+    signals: tuple[tuple[str, float], ...] = ()  # author signals that fired
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,12 @@ class Outcome:
 
 
 class _Trace:
-    __slots__ = ("categories", "keywords")
+    __slots__ = ("categories", "keywords", "signals")
 
     def __init__(self) -> None:
         self.categories: dict[str, float] = {}
         self.keywords: dict[str, tuple[str, ...]] = {}
+        self.signals: dict[str, float] = {}
 
 
 def _holds(
@@ -102,6 +107,14 @@ def _holds(
         f.account_age_days is None or f.account_age_days >= c.account_age_days_lt
     ):
         return False
+    if c.account_age_days_lt is not None:
+        trace.signals["account_age_days"] = round(f.account_age_days or 0.0, 2)
+    if c.author_posts is not None:
+        window = c.author_posts.within_minutes
+        count = (f.author_posts or {}).get(window)
+        if count is None or count < c.author_posts.at_least:
+            return False
+        trace.signals[f"author_posts_{window}m"] = count
     if c.category is not None:
         score = f.scores.get(c.category, 0.0)
         low = c.min_score
@@ -153,6 +166,7 @@ def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
                         or (f"review:{f.language}" if rule.action == "review" else None),
                         categories=tuple(sorted(trace.categories.items())),
                         keywords=tuple(sorted(trace.keywords.items())),
+                        signals=tuple(sorted(trace.signals.items())),
                     )
                 )
         priority = {r.id: r.priority for r in lp.policy.rules}

@@ -54,6 +54,13 @@ class KeywordList(_Strict):
         return value
 
 
+class AuthorPosts(_Strict):
+    """The author posted at least `at_least` posts (this one included) in `within_minutes`."""
+
+    within_minutes: int = Field(ge=1, le=24 * 60)
+    at_least: int = Field(ge=1)
+
+
 class Condition(_Strict):
     """One node of a rule's condition tree; the keys present are ANDed together."""
 
@@ -71,6 +78,7 @@ class Condition(_Strict):
     market: list[str] | None = None
     account_age_days_lt: float | None = Field(default=None, gt=0)
     text_chars_lt: int | None = Field(default=None, gt=0)
+    author_posts: AuthorPosts | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -111,6 +119,15 @@ class Policy(_Strict):
     benign_examples: dict[Annotated[str, Field(pattern=EXAMPLE_KEY)], list[str]] = {}
     keywords: dict[str, KeywordList] = {}
     rules: list[Rule] = Field(min_length=1)
+
+    def author_windows(self) -> list[int]:
+        """The `author_posts` windows (minutes) the rules use: what the worker must count."""
+        return sorted({
+            cond.author_posts.within_minutes
+            for rule in self.rules
+            for _, cond in _walk(rule.when)
+            if cond.author_posts is not None
+        })  # fmt: skip
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

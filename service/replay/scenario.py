@@ -1,0 +1,524 @@
+"""Influx scenarios: the YAML model, validated with ``file:line:col: field: message`` errors.
+
+A scenario is a list of phases over scenario time. Each phase has a duration, a total
+arrival rate (constant, or ramping linearly from ``start`` to ``end``), the language mix and
+the post-kind mix of ordinary posts (optionally a kind mix per language), the authors (share
+of new accounts, posts per author) and spam bursts (a share of the phase's posts that come
+from new accounts posting near-duplicates in quick succession). Scenario-wide: the start
+date, how scenario time maps to wall time (``time_scale``), which market authors of each
+language post in, and the human review capacity per language.
+
+Units: durations are seconds or strings such as ``"30s"``, ``"6h"``, ``"1d"``; rates are
+posts per second or strings such as ``"180/d"``, ``"7.5/h"``, ``"3/s"``; ``time_scale`` is a
+number (scenario seconds per wall second) or a ratio of durations such as ``"1d/1min"``.
+
+Kind -> ground-truth policy categories lives here, in ``KIND_CATEGORIES``, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from bisect import bisect_right
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+if TYPE_CHECKING:
+    from service.replay.corpus import Corpus
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+DEFAULT_SCENARIO = REPO_ROOT / "seeds" / "scenarios" / "refugee_surge.yaml"
+
+Language = Literal["zh-Hans", "zh-Hant", "en", "mixed", "other"]
+LANGUAGES: tuple[str, ...] = get_args(Language)
+
+Kind = Literal[
+    "everyday", "greeting", "question", "pet", "short",
+    "brand_ad", "scam", "gambling_ad", "drug_ad", "hate", "harassment", "self_harm",
+]  # fmt: skip
+KINDS: tuple[str, ...] = get_args(Kind)
+
+# Ground truth: the policy categories (policies/default.yaml) a human moderator would assign
+# to a post of each kind. Ordinary brand and shop ads are NOT violations: they are labelled
+# kind "brand_ad" with no category. The policy may still limit them (scam_spam covers
+# "unsolicited advertising", and `new-account-promo` limits new accounts' promotions); a
+# replay report should show those as benign posts limited, not as violations caught.
+# Fake giveaways, "add my WeChat", crypto doubling and follower-selling are `scam`.
+KIND_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "everyday": (),
+    "greeting": (),
+    "question": (),
+    "pet": (),
+    "short": (),
+    "brand_ad": (),
+    "scam": ("scam_spam",),
+    "gambling_ad": ("gambling",),
+    "drug_ad": ("drugs",),
+    "hate": ("hate",),
+    "harassment": ("harassment",),
+    "self_harm": ("self_harm",),
+}
+assert set(KIND_CATEGORIES) == set(KINDS)
+
+SHARE_TOLERANCE = 1e-3  # shares must sum to 1 within this
+
+# --------------------------------------------------------------------------- units
+
+_UNITS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)?\s*([a-z]+)\s*$")
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number or a string like "90s", "6h", "1.5d", "min" (= 1 min)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '6h'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.lower())
+        if m and m.group(2) in _UNITS:
+            return float(m.group(1) or 1) * _UNITS[m.group(2)]
+        raise ValueError(f"bad duration {value!r}: use seconds or a number with ms/s/min/h/d")
+    return value
+
+
+def parse_rate(value: Any) -> Any:
+    """Per-second rate from a number or a string like "180/d", "7.5/h", "3/s"."""
+    if isinstance(value, bool):
+        raise ValueError("a rate is a number per second or a string like '120/h'")
+    if isinstance(value, str):
+        count, sep, per = value.partition("/")
+        try:
+            n = float(count)
+        except ValueError:
+            n = None
+        if not sep or n is None:
+            raise ValueError(f"bad rate {value!r}: use a number per second or 'N/unit' (N/h, N/d)")
+        return n / parse_duration(per)
+    return value
+
+
+def parse_time_scale(value: Any) -> Any:
+    """Scenario seconds per wall second, from a number or a ratio like "1d/1min"."""
+    if isinstance(value, str) and "/" in value:
+        scen, _, wall = value.partition("/")
+        return parse_duration(scen) / parse_duration(wall)
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Rate = Annotated[float, BeforeValidator(parse_rate), Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+def _sums_to_one(value: dict[str, float]) -> dict[str, float]:
+    total = sum(value.values())
+    if abs(total - 1.0) > SHARE_TOLERANCE:
+        raise ValueError(f"shares must sum to 1 (they sum to {total:.4g})")
+    return value
+
+
+LanguageMix = Annotated[dict[Language, Share], Field(min_length=1), AfterValidator(_sums_to_one)]
+KindMix = Annotated[dict[Kind, Share], Field(min_length=1), AfterValidator(_sums_to_one)]
+MarketMix = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Share],
+    Field(min_length=1),
+    AfterValidator(_sums_to_one),
+]
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RampRate(_Strict):
+    start: Rate
+    end: Rate
+
+
+class Authors(_Strict):
+    # share of ordinary posts written by accounts younger than `new_account_days`: one
+    # number, or one per language (missing languages take `default`)
+    new_share: Share | dict[Language | Literal["default"], Share]
+    # mean posts per author: each post is by a fresh account with probability 1/this,
+    # else by an earlier author of the same language and kind
+    posts_per_author: float = Field(default=1.0, ge=1.0)
+
+    @field_validator("new_share")
+    @classmethod
+    def _default_present(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            missing = [lang for lang in LANGUAGES if lang not in value and "default" not in value]
+            if missing:
+                raise ValueError(f"no share for {', '.join(missing)}: add them or a 'default'")
+        return value
+
+    def new_share_for(self, language: str) -> float:
+        if isinstance(self.new_share, dict):
+            return self.new_share.get(language, self.new_share.get("default", 0.0))
+        return self.new_share
+
+
+class Spam(_Strict):
+    """Bursts of near-duplicate posts from fresh spammer accounts."""
+
+    share: float = Field(ge=0, lt=1)  # of the phase's posts (the total rate includes them)
+    burst_size: tuple[int, int] = (5, 20)  # posts per burst, uniform in [min, max]
+    gap: tuple[Seconds, Seconds] = (5.0, 60.0)  # scenario seconds between a burst's posts
+    languages: LanguageMix
+    kinds: KindMix
+
+    @field_validator("burst_size", "gap")
+    @classmethod
+    def _ordered(cls, value: tuple) -> tuple:
+        if value[0] > value[1]:
+            raise ValueError(f"[min, max] with min <= max (got {list(value)})")
+        if value[0] <= 0:
+            raise ValueError(f"values must be positive (got {list(value)})")
+        return value
+
+    @property
+    def mean_burst(self) -> float:
+        return (self.burst_size[0] + self.burst_size[1]) / 2
+
+
+class Phase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    duration: Seconds
+    rate: Rate | RampRate  # posts per scenario second, spam bursts included
+    languages: LanguageMix
+    kinds: KindMix
+    # a kind mix per language replaces `kinds` for that language (e.g. English brand ads)
+    kinds_by_language: dict[Language, KindMix] = {}
+    authors: Authors
+    spam: Spam | None = None
+
+    _start_s: float = PrivateAttr(default=0.0)
+
+    @property
+    def start_s(self) -> float:
+        return self._start_s
+
+    @property
+    def end_s(self) -> float:
+        return self._start_s + self.duration
+
+    @property
+    def start_rate(self) -> float:
+        return self.rate.start if isinstance(self.rate, RampRate) else self.rate
+
+    @property
+    def end_rate(self) -> float:
+        return self.rate.end if isinstance(self.rate, RampRate) else self.rate
+
+    def rate_at(self, t_s: float) -> float:
+        """Total rate (posts per scenario second) at scenario time ``t_s`` inside the phase."""
+        u = min(max((t_s - self._start_s) / self.duration, 0.0), 1.0)
+        return self.start_rate + (self.end_rate - self.start_rate) * u
+
+    def expected_posts(self, rate_scale: float = 1.0) -> float:
+        return (self.start_rate + self.end_rate) / 2 * self.duration * rate_scale
+
+    @property
+    def spam_share(self) -> float:
+        return self.spam.share if self.spam else 0.0
+
+    def kinds_for(self, language: str) -> dict[str, float]:
+        return self.kinds_by_language.get(language, self.kinds)  # type: ignore[arg-type]
+
+    def expected_kind_shares(self) -> dict[str, float]:
+        """Kind shares of the phase's ordinary (non-spam) posts, over all languages."""
+        out: dict[str, float] = {}
+        for lang, p in self.languages.items():
+            for kind, q in self.kinds_for(lang).items():
+                out[kind] = out.get(kind, 0.0) + p * q
+        return out
+
+
+class Scenario(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    start: datetime = datetime(2025, 1, 12, tzinfo=UTC)  # created_at of t = 0
+    # scenario seconds per wall second: 1440 = "a day in a minute"
+    time_scale: Annotated[float, BeforeValidator(parse_time_scale), Field(gt=0)] = 1.0
+    new_account_days: float = Field(default=3.0, gt=0)  # younger accounts are "new"
+    lang_hint_share: Share = 0.5  # share of authors whose client sends a lang_hint
+    # market each language's authors post in (an author keeps one market)
+    markets: dict[Language, MarketMix]
+    # human reviews per scenario hour, per detected language code ("zh", "en", ...;
+    # "other" for the rest), at the scenario's own sampling scale (see rate_scale)
+    review_capacity: dict[
+        Annotated[str, Field(pattern=r"^(other|und|[a-z]{2,3})$")], Rate
+    ] = {}  # fmt: skip
+    corpus: str = "../corpus"  # directory of seed templates, relative to this file
+    phases: list[Phase] = Field(min_length=1)
+
+    _ends: list[float] = PrivateAttr(default_factory=list)
+    _corpus: Any = PrivateAttr(default=None)
+    _source: str = PrivateAttr(default="<scenario>")
+
+    @model_validator(mode="after")
+    def _layout(self) -> Scenario:
+        errors = []
+        seen: dict[str, int] = {}
+        for i, phase in enumerate(self.phases):
+            if phase.name in seen:
+                errors.append(((
+                    "phases", i, "name"), f"duplicate phase name {phase.name!r} (also phase {seen[phase.name]})"))  # fmt: skip
+            seen.setdefault(phase.name, i)
+        for lang in LANGUAGES:
+            if lang not in self.markets:
+                errors.append((("markets",), f"no market mix for language {lang!r}"))
+        if errors:
+            raise _LocatedErrors(errors)
+        t = 0.0
+        self._ends = []
+        for phase in self.phases:
+            phase._start_s = t
+            t += phase.duration
+            self._ends.append(t)
+        return self
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @property
+    def duration(self) -> float:
+        return self._ends[-1]
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def phase_index(self, t_s: float) -> int:
+        if t_s < 0:
+            raise ValueError(f"scenario time {t_s} is before the start")
+        return min(bisect_right(self._ends, t_s), len(self.phases) - 1)
+
+    def wall_seconds(self, t_s: float, time_scale: float | None = None) -> float:
+        """Wall-clock offset at which scenario time ``t_s`` is replayed."""
+        return t_s / (time_scale or self.time_scale)
+
+    def review_capacity_per_hour(self, code: str, rate_scale: float = 1.0) -> float:
+        """Reviews per scenario hour for a detected language code, scaled with the posts."""
+        per_s = self.review_capacity.get(code, self.review_capacity.get("other", 0.0))
+        return per_s * 3600.0 * rate_scale
+
+    @property
+    def corpus_dir(self) -> Path:
+        base = (
+            Path(self._source).parent
+            if self._source != "<scenario>"
+            else REPO_ROOT / "seeds" / "scenarios"
+        )
+        return (base / self.corpus).resolve()
+
+    @property
+    def templates(self) -> Corpus:
+        """The seed corpus this scenario draws from (read once, then cached)."""
+        if self._corpus is None:
+            from service.replay.corpus import load_corpus
+
+            self._corpus = load_corpus(self.corpus_dir)
+        return self._corpus
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ScenarioError(ValueError):
+    """A scenario (or its corpus) that cannot be used; ``errors`` name file, line and field."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _LocatedErrors(ValueError):
+    def __init__(self, located: list[tuple[tuple, str]]) -> None:
+        super().__init__("; ".join(msg for _, msg in located))
+        self.located = located
+
+
+def load_scenario(path: Path | str = DEFAULT_SCENARIO) -> Scenario:
+    """Read and validate a scenario and its corpus; raises ``ScenarioError``."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError([f"{path}: cannot read: {exc}"]) from exc
+    scenario = parse_scenario(text, source=str(path))
+    check_corpus(scenario)
+    return scenario
+
+
+def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
+    doc, lines = read_yaml(
+        text, source, what="a scenario is a mapping (name, markets, phases, ...)"
+    )
+    try:
+        scenario = Scenario.model_validate(doc)
+    except ValidationError as exc:
+        raise ScenarioError(format_errors(exc, lines, source, Scenario)) from None
+    scenario._source = source
+    return scenario
+
+
+def check_corpus(scenario: Scenario) -> None:
+    """Every (language, kind) a scenario can draw must have templates in the corpus."""
+    from service.replay.corpus import CorpusError
+
+    try:
+        corpus = scenario.templates
+    except CorpusError as exc:
+        raise ScenarioError([f"{scenario.source}: corpus: {e}" for e in exc.errors]) from None
+    errors = []
+    for i, phase in enumerate(scenario.phases):
+        pairs = [((f"phases.{i}.kinds_by_language.{lang}" if lang in phase.kinds_by_language
+                   else f"phases.{i}.kinds"), lang, kind)
+                 for lang, p in phase.languages.items() if p > 0
+                 for kind, q in phase.kinds_for(lang).items() if q > 0]  # fmt: skip
+        if phase.spam and phase.spam.share > 0:
+            pairs += [(f"phases.{i}.spam.kinds", lang, kind)
+                      for lang, p in phase.spam.languages.items() if p > 0
+                      for kind, q in phase.spam.kinds.items() if q > 0]  # fmt: skip
+        for field, lang, kind in pairs:
+            if not corpus.has(lang, kind):
+                errors.append(f"{scenario.source}: {field}.{kind}: the corpus ({corpus.root}) has "
+                              f"no {lang!r} templates of kind {kind!r}")  # fmt: skip
+    if errors:
+        raise ScenarioError(sorted(set(errors)))
+
+
+# ------------------------------------------------------------- YAML with positions (shared)
+
+
+def read_yaml(text: str, source: str, what: str) -> tuple[dict, dict[tuple, tuple[int, int]]]:
+    """Parse YAML into (document, key path -> (line, column)); duplicate keys are errors."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ScenarioError([f"{where}: YAML syntax: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(doc, dict):
+        raise ScenarioError([f"{source}:1:1: {what}"])
+    duplicates = _duplicate_keys(node, source)
+    if duplicates:
+        raise ScenarioError(duplicates)
+    return doc, _positions(node)
+
+
+def _duplicate_keys(node: yaml.Node | None, source: str) -> list[str]:
+    errors: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                errors.append(f"{source}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: "
+                              f"duplicate key {name!r} (first on line {seen[name]})")  # fmt: skip
+            else:
+                seen[name] = key.start_mark.line + 1
+            errors += _duplicate_keys(value, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            errors += _duplicate_keys(value, source)
+    return errors
+
+
+def _positions(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, tuple[int, int]]:
+    out: dict[tuple, tuple[int, int]] = {}
+    if node is None:
+        return out
+    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (key.value,)
+            out.update(_positions(value, child))
+            out[child + ("<key>",)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            out.update(_positions(value, path + (i,)))
+    return out
+
+
+_SKIP_LOC = re.compile(r"^(function-|union\[|tagged-union|constrained-|json-or-python)")
+_UNION_TAGS = {"float", "int", "str", "dict[", "RampRate", "Spam"}
+
+
+def format_errors(
+    exc: ValidationError, lines: dict, source: str, root: type[BaseModel]
+) -> list[str]:
+    messages = []
+    for err in _expand(exc.errors()):
+        loc = tuple(p for p in err["loc"]
+                    if not (isinstance(p, str) and (_SKIP_LOC.match(p) or p in _UNION_TAGS
+                                                    or p.startswith(("dict[", "tuple[")))))  # fmt: skip
+        loc = tuple(p for p in loc if p != "[key]")
+        pos = None
+        for cut in range(len(loc), -1, -1):
+            key = loc[:cut]
+            if err["type"] == "extra_forbidden" and cut == len(loc) and key + ("<key>",) in lines:
+                pos = lines[key + ("<key>",)]
+                break
+            if key in lines:
+                pos = lines[key]
+                break
+        where = f"{source}:{pos[0]}:{pos[1]}" if pos else source
+        dotted = ".".join(str(p) for p in loc) or "(top)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key {loc[-1]!r}{_suggest_field(loc, root)}"
+        messages.append(f"{where}: {dotted}: {msg}")
+    # a union (number | {start, end}) reports each branch; keep one line per place and text
+    return list(dict.fromkeys(messages))
+
+
+def _expand(errors: list[dict]) -> list[dict]:
+    out = []
+    for err in errors:
+        located = getattr((err.get("ctx") or {}).get("error"), "located", None)
+        if located is None:
+            out.append(err)
+            continue
+        for path, msg in located:
+            out.append({**err, "loc": tuple(err["loc"]) + path, "msg": msg})
+    return out
+
+
+@functools.cache
+def _owners() -> dict[str, type[BaseModel]]:
+    return {"phases": Phase, "authors": Authors, "spam": Spam, "rate": RampRate}
+
+
+def _suggest_field(loc: tuple, root: type[BaseModel]) -> str:
+    model = root
+    for part in loc[:-1]:
+        if isinstance(part, str) and part in _owners():
+            model = _owners()[part]
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
