@@ -36,6 +36,7 @@ def policy_copy(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
         text = text.replace(*edit)
     path = tmp_path / "policy.yaml"
     path.write_text(text, "utf-8")
+    shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists", dirs_exist_ok=True)
     return path
 
 
@@ -235,6 +236,7 @@ def test_bursty_author_rule_through_the_worker(redis_url, model_dir, moderator, 
     text = DEFAULT.read_text("utf-8") + burst_rule
     path = tmp_path / "burst.yaml"
     path.write_text(text, "utf-8")
+    shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists")
     settings = make_settings(redis_url, model_dir, policy_path=path, policy_watch=False)
     moderator.use_policy(load_policy(path))
     try:
@@ -259,6 +261,7 @@ def test_bursty_author_rule_through_the_worker(redis_url, model_dir, moderator, 
 def test_cli_check_reports_every_error_with_file_and_line(tmp_path):
     path = tmp_path / "p.yaml"
     shutil.copy(DEFAULT, path)
+    shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists")
     ok = subprocess.run([sys.executable, "-m", "service", "policy", "check", str(path)],
                         capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0 and "ok" in ok.stdout
