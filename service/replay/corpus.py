@@ -106,6 +106,7 @@ class Template:
 def tidy(text: str) -> str:
     text = re.sub(r"[ \t]{2,}", " ", text)
     text = re.sub(r" +([,.!?，。！？、])", r"\1", text)
+    text = re.sub(r"([？！?!。～…])[。，]", r"\1", text)  # "怎么办？" + "。码住" -> "怎么办？码住"
     return text.strip()
 
 

@@ -154,27 +154,48 @@ class RampRate(_Strict):
     end: Rate
 
 
+def _rate_or_ramp(value: Any) -> Any:
+    """A constant rate becomes {start: r, end: r}; a mapping is a linear ramp."""
+    if isinstance(value, dict):
+        return value
+    rate = parse_rate(value)
+    if not isinstance(rate, int | float):
+        raise ValueError(
+            "a rate is posts per second, 'N/unit' (N/h, N/d) or {start: ..., end: ...}"
+        )
+    return {"start": rate, "end": rate}
+
+
+def _share_or_map(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value <= 1:
+            raise ValueError(f"a share is between 0 and 1 (got {value})")
+        return {"default": value}
+    raise ValueError("a share between 0 and 1, or one per language ({en: 0.9, default: 0.05})")
+
+
 class Authors(_Strict):
     # share of ordinary posts written by accounts younger than `new_account_days`: one
     # number, or one per language (missing languages take `default`)
-    new_share: Share | dict[Language | Literal["default"], Share]
+    new_share: Annotated[
+        dict[Language | Literal["default"], Share], BeforeValidator(_share_or_map)
+    ]  # fmt: skip
     # mean posts per author: each post is by a fresh account with probability 1/this,
     # else by an earlier author of the same language and kind
     posts_per_author: float = Field(default=1.0, ge=1.0)
 
     @field_validator("new_share")
     @classmethod
-    def _default_present(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            missing = [lang for lang in LANGUAGES if lang not in value and "default" not in value]
-            if missing:
-                raise ValueError(f"no share for {', '.join(missing)}: add them or a 'default'")
+    def _default_present(cls, value: dict) -> dict:
+        missing = [lang for lang in LANGUAGES if lang not in value and "default" not in value]
+        if missing:
+            raise ValueError(f"no share for {', '.join(missing)}: add them or a 'default'")
         return value
 
     def new_share_for(self, language: str) -> float:
-        if isinstance(self.new_share, dict):
-            return self.new_share.get(language, self.new_share.get("default", 0.0))
-        return self.new_share
+        return self.new_share.get(language, self.new_share.get("default", 0.0))
 
 
 class Spam(_Strict):
@@ -204,7 +225,8 @@ class Phase(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = ""
     duration: Seconds
-    rate: Rate | RampRate  # posts per scenario second, spam bursts included
+    # posts per scenario second, spam bursts included: constant, or {start, end} (linear)
+    rate: Annotated[RampRate, BeforeValidator(_rate_or_ramp)]
     languages: LanguageMix
     kinds: KindMix
     # a kind mix per language replaces `kinds` for that language (e.g. English brand ads)
@@ -224,11 +246,11 @@ class Phase(_Strict):
 
     @property
     def start_rate(self) -> float:
-        return self.rate.start if isinstance(self.rate, RampRate) else self.rate
+        return self.rate.start
 
     @property
     def end_rate(self) -> float:
-        return self.rate.end if isinstance(self.rate, RampRate) else self.rate
+        return self.rate.end
 
     def rate_at(self, t_s: float) -> float:
         """Total rate (posts per scenario second) at scenario time ``t_s`` inside the phase."""
@@ -327,11 +349,9 @@ class Scenario(_Strict):
 
     @property
     def corpus_dir(self) -> Path:
-        base = (
-            Path(self._source).parent
-            if self._source != "<scenario>"
-            else REPO_ROOT / "seeds" / "scenarios"
-        )
+        """``corpus`` resolved against the scenario file's folder (else seeds/scenarios)."""
+        source = Path(self._source)
+        base = source.parent if source.is_file() else DEFAULT_SCENARIO.parent
         return (base / self.corpus).resolve()
 
     @property
