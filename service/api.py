@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -365,6 +365,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "not_found",
             [{"field": "post_id", "message": f"unknown post id {post_id!r}", "type": "not_found"}],
         )
+
+    @app.get("/v1/decisions", tags=["posts"])
+    async def decision_feed(
+        after: str = Query("0", pattern=r"^\d+(-\d+)?$", description="cursor from the last page"),
+        limit: int = Query(500, ge=1, le=5000),
+    ) -> dict:
+        """Every decision in the order it was stored (the audit stream), page by page.
+
+        Start with `after=0` and pass the returned `next` to get the following page; an
+        empty page means caught up (poll again later with the same cursor).
+        """
+        items, cursor = await state["reader"].feed(after, limit)
+        return {"decisions": items, "next": cursor}
 
     @app.post("/v1/moderate", response_model=Decision, tags=["posts"])
     async def moderate(post: PostIn) -> Any:

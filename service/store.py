@@ -103,6 +103,13 @@ class DecisionReader:
             return "pending", None
         return "unknown", None
 
+    async def feed(self, after: str, limit: int) -> tuple[list[dict], str]:
+        """Decisions stored after the cursor `after` (an audit-stream id), oldest first."""
+        start = "-" if after in ("", "0", "0-0") else f"({after}"
+        entries = await self.client.xrange(self.keys.audit, min=start, count=limit)
+        items = [json.loads(f["decision"]) for _, f in entries]
+        return items, (entries[-1][0] if entries else after)
+
     async def stats(self, window_s: int = 60) -> dict:
         now_ms = int(time.time() * 1000)
         now = now_ms // 1000

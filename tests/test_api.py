@@ -598,3 +598,25 @@ def test_moderate_decides_synchronously_and_stores_nothing(http, api, settings):
     # not queued, not stored
     assert xlen(settings) == 0 and xlen(settings, "audit") == 0
     assert http.get(f"{api.url}/v1/posts/sync-en/decision").status_code == 404
+
+
+def test_decision_feed_pages_through_the_audit_stream(http, service):
+    ids = [f"feed-{i}" for i in range(5)]
+    posts = [{"post_id": pid, "text": f"hello number {i}"} for i, pid in enumerate(ids)]
+    assert http.post(f"{service.url}/v1/posts/batch", json={"posts": posts}).status_code == 202
+    for pid in ids:
+        wait_for_decision(service.url, pid)
+    seen, cursor = [], "0"
+    for _ in range(10):
+        page = http.get(f"{service.url}/v1/decisions", params={"after": cursor, "limit": 2}).json()
+        if not page["decisions"]:
+            break
+        assert len(page["decisions"]) <= 2
+        seen += [d["post_id"] for d in page["decisions"]]
+        cursor = page["next"]
+    assert sorted(seen) == sorted(ids)
+    # caught up: the same cursor gives an empty page, not a repeat
+    again = http.get(f"{service.url}/v1/decisions", params={"after": cursor}).json()
+    assert again == {"decisions": [], "next": cursor}
+    bad = http.get(f"{service.url}/v1/decisions", params={"after": "x y"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "query.after"
