@@ -17,7 +17,9 @@ from service.config import Settings, get_settings
 
 app = typer.Typer(help="Floodgate: content moderation under an influx.", no_args_is_help=True)
 model_app = typer.Typer(help="Build and inspect the classifier.", no_args_is_help=True)
-policy_app = typer.Typer(help="Validate policy files.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Validate, backtest, diff and shadow-test policy files.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 app.add_typer(policy_app, name="policy")
 
@@ -238,6 +240,114 @@ def policy_shadow_report(
         ex.add_row(e["post_id"], e["language"], f"{e['live']} {e['live_rules']}",
                    f"{e['shadow']} {e['shadow_rules']}", e["text"][:80])  # fmt: skip
     console.print(ex)
+
+
+class _DataOptions:
+    """Options shared by `policy backtest` and `policy diff` (how to read the labeled data)."""
+
+    data = typer.Option(..., "--data", help="JSONL / CSV / TSV with a text column and labels")
+    text_col = typer.Option(None, help="text column (default: detected)")
+    label_col = typer.Option(None, help="labels column (default: detected)")
+    category = typer.Option(None, help="read a binary label column as this category")
+    label_map = typer.Option(None, help='label values to categories, e.g. "spam=scam_spam,ham="')
+    limit = typer.Option(None, help="sample this many rows (seeded)")
+    seed = typer.Option(0, help="sampling seed")
+    skip_bad = typer.Option(False, help="skip unreadable rows instead of failing")
+    market = typer.Option(None, help="evaluate every post as if posted in this market")
+    as_json = typer.Option(None, "--json", help="also write the full result as JSON to this file")
+
+
+def _run_report(run, render) -> None:
+    from rich.console import Console
+
+    from service.backtest import DataError
+    from service.policy import PolicyError
+
+    try:
+        result = run()
+    except PolicyError as exc:
+        for line in exc.errors:
+            typer.echo(line, err=True)
+        raise typer.Exit(2) from None
+    except (DataError, FileNotFoundError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    render(result, Console())
+    return result
+
+
+@policy_app.command("backtest")
+def policy_backtest(
+    policy: Path,
+    data: Path = _DataOptions.data,
+    text_col: str = _DataOptions.text_col,
+    label_col: str = _DataOptions.label_col,
+    category: str = _DataOptions.category,
+    label_map: str = _DataOptions.label_map,
+    limit: int = _DataOptions.limit,
+    seed: int = _DataOptions.seed,
+    skip_bad: bool = _DataOptions.skip_bad,
+    market: str = _DataOptions.market,
+    as_json: Path = _DataOptions.as_json,
+) -> None:
+    """Precision / recall / F1 per category x language, actions, and what each rule catches."""
+    from service.backtest import backtest, render_backtest
+
+    result = _run_report(
+        lambda: backtest(
+            policy,
+            data,
+            text_col=text_col,
+            label_col=label_col,
+            category=category,
+            label_map=label_map,
+            limit=limit,
+            seed=seed,
+            skip_bad=skip_bad,
+            market=market,
+        ),  # fmt: skip
+        render_backtest,
+    )
+    if as_json:
+        as_json.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old: Path,
+    new: Path,
+    data: Path = _DataOptions.data,
+    text_col: str = _DataOptions.text_col,
+    label_col: str = _DataOptions.label_col,
+    category: str = _DataOptions.category,
+    label_map: str = _DataOptions.label_map,
+    limit: int = _DataOptions.limit,
+    seed: int = _DataOptions.seed,
+    skip_bad: bool = _DataOptions.skip_bad,
+    market: str = _DataOptions.market,
+    as_json: Path = _DataOptions.as_json,
+) -> None:
+    """Which posts change decision between two policies, by rule and language, with examples."""
+    from service.backtest import diff, render_diff
+
+    result = _run_report(
+        lambda: diff(
+            old,
+            new,
+            data,
+            text_col=text_col,
+            label_col=label_col,
+            category=category,
+            label_map=label_map,
+            limit=limit,
+            seed=seed,
+            skip_bad=skip_bad,
+            market=market,
+        ),  # fmt: skip
+        render_diff,
+    )
+    if as_json:
+        as_json.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
 
 @policy_app.command("schema")
