@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.yamlsource import LocatedErrors, suggest
+
 ACTIONS = ("allow", "label", "limit_reach", "review", "remove")
 SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
 Action = Literal["allow", "label", "limit_reach", "review", "remove"]
@@ -152,13 +154,13 @@ class Policy(_Strict):
                     errors.append((
                         path + ("category",),
                         f"rules[{i}] ({rule.id}): unknown category {cond.category!r}"
-                        f"{_suggest(cond.category, self.categories)}",
+                        f"{suggest(cond.category, self.categories)}",
                     ))  # fmt: skip
                 if cond.keywords and cond.keywords not in self.keywords:
                     errors.append((
                         path + ("keywords",),
                         f"rules[{i}] ({rule.id}): unknown keyword list {cond.keywords!r}"
-                        f"{_suggest(cond.keywords, self.keywords)}",
+                        f"{suggest(cond.keywords, self.keywords)}",
                     ))  # fmt: skip
                 for market in cond.market or ():
                     if market not in self.markets:
@@ -169,16 +171,8 @@ class Policy(_Strict):
                             )
                         )
         if errors:
-            raise _LocatedErrors(errors)
+            raise LocatedErrors(errors)
         return self
-
-
-class _LocatedErrors(ValueError):
-    """Several errors found after parsing, each with its path in the document (for file:line)."""
-
-    def __init__(self, located: list[tuple[tuple, str]]) -> None:
-        super().__init__("; ".join(msg for _, msg in located))
-        self.located = located
 
 
 def _walk(cond: Condition, path: tuple = ()) -> Iterable[tuple[tuple, Condition]]:
@@ -188,13 +182,6 @@ def _walk(cond: Condition, path: tuple = ()) -> Iterable[tuple[tuple, Condition]
             yield from _walk(child, path + (key, j))
     if cond.not_ is not None:
         yield from _walk(cond.not_, path + ("not",))
-
-
-def _suggest(name: str, options: Iterable[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def policy_json_schema() -> dict[str, Any]:

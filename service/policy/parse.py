@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from service.policy.evaluate import KeywordMatcher
-from service.policy.model import Category, Condition, KeywordList, Policy, Rule, _suggest
+from service.policy.model import AuthorPosts, Category, Condition, KeywordList, Policy, Rule
 from service.policy.validate import unreachable_rules
+from service.yamlsource import SourceError, format_errors, read_yaml
 
 
-class PolicyError(ValueError):
+class PolicyError(SourceError):
     """A policy that cannot be used; ``errors`` are ``file:line:col: message`` strings."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 Resolver = Callable[[str], bytes]
@@ -90,23 +86,13 @@ def parse_policy(
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1  # in bytes
         raise PolicyError([f"{source}:{line}:{col}: not valid UTF-8 at byte {exc.start}"]) from exc
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise PolicyError([f"{where}: YAML syntax: {getattr(exc, 'problem', exc)}"]) from exc
-    if not isinstance(doc, dict):
-        raise PolicyError([f"{source}:1:1: a policy is a mapping (name, categories, rules, ...)"])
-    duplicates = _duplicate_keys(node, source)
-    if duplicates:
-        raise PolicyError(duplicates)
-    lines = _positions(node)
+    doc, lines = read_yaml(
+        text, source, "a policy is a mapping (name, categories, rules, ...)", PolicyError
+    )
     try:
         policy = Policy.model_validate(doc)
     except ValidationError as exc:
-        raise PolicyError(_format_errors(exc, lines, source)) from None
+        raise PolicyError(format_errors(exc, lines, source, Policy, _OWNERS)) from None
     includes, terms, regexes, errors = _read_includes(policy, lines, source, resolve)
     for path, message in unreachable_rules(policy):
         line, col = lines.get(path, (1, 1))
@@ -166,90 +152,13 @@ def _read_includes(policy: Policy, lines: dict, source: str, resolve: Resolver |
     return includes, terms, regexes, errors
 
 
-def _duplicate_keys(node: yaml.Node | None, source: str) -> list[str]:
-    """YAML lets a later key silently replace an earlier one; in a policy that hides edits."""
-    errors: list[str] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                errors.append(f"{source}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: "
-                              f"duplicate key {name!r} (first on line {seen[name]})")  # fmt: skip
-            else:
-                seen[name] = key.start_mark.line + 1
-            errors += _duplicate_keys(value, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for value in node.value:
-            errors += _duplicate_keys(value, source)
-    return errors
-
-
-def _positions(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, tuple[int, int]]:
-    """Map every key path in the YAML document to its (line, column), 1-based."""
-    out: dict[tuple, tuple[int, int]] = {}
-    if node is None:
-        return out
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = path + (key.value,)
-            out.update(_positions(value, child))
-            out[child + ("<key>",)] = (key.start_mark.line + 1, key.start_mark.column + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            out.update(_positions(value, path + (i,)))
-    return out
-
-
-def _format_errors(exc: ValidationError, lines: dict, source: str) -> list[str]:
-    messages = []
-    for err in _expand(exc.errors()):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # pydantic reports aliases ("not") already; find the deepest located prefix
-        pos = None
-        for cut in range(len(loc), -1, -1):
-            key = loc[:cut]
-            if err["type"] == "extra_forbidden" and cut == len(loc) and key + ("<key>",) in lines:
-                pos = lines[key + ("<key>",)]
-                break
-            if key in lines:
-                pos = lines[key]
-                break
-        where = f"{source}:{pos[0]}:{pos[1]}" if pos else source
-        dotted = ".".join(str(p) for p in loc) or "(top)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}{_suggest_field(loc)}"
-        messages.append(f"{where}: {dotted}: {msg}")
-    return messages
-
-
-def _expand(errors: list[dict]) -> Iterable[dict]:
-    # a validator's _LocatedErrors become one error each, at its own path
-    for err in errors:
-        located = getattr((err.get("ctx") or {}).get("error"), "located", None)
-        if located is None:
-            yield err
-            continue
-        for path, msg in located:
-            yield {**err, "loc": tuple(err["loc"]) + path, "msg": msg}
-
-
-def _suggest_field(loc: tuple) -> str:
-    # nearest valid key for a typo, looked up on the model that owns the key
-    owners = {
-        "rules": Rule,
-        "categories": Category,
-        "keywords": KeywordList,
-        "when": Condition,
-        "all": Condition,
-        "any": Condition,
-        "not": Condition,
-    }
-    model: type[BaseModel] = Policy
-    for part in loc[:-1]:
-        if isinstance(part, str) and part in owners:
-            model = owners[part]
-    names = {f.alias or n for n, f in model.model_fields.items()}
-    return _suggest(str(loc[-1]), names)
+_OWNERS = {
+    "rules": Rule,
+    "categories": Category,
+    "keywords": KeywordList,
+    "when": Condition,
+    "all": Condition,
+    "any": Condition,
+    "not": Condition,
+    "author_posts": AuthorPosts,
+}

@@ -34,9 +34,8 @@ from service.replay.scenario import (
     Kind,
     Language,
     ScenarioError,
-    format_errors,
-    read_yaml,
 )
+from service.yamlsource import format_errors, read_yaml
 
 SLOT = re.compile(r"\{([a-z][a-z0-9_]*)(?::(\d+)-(\d+))?\}")
 COMMON_FILE = "_common.yaml"
@@ -183,7 +182,7 @@ def _parse(path: Path, model: type[BaseModel]) -> tuple[BaseModel, dict]:
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusError([f"{path}: cannot read: {exc}"]) from None
     try:
-        doc, lines = read_yaml(text, str(path), what="a corpus file is a mapping")
+        doc, lines = read_yaml(text, str(path), "a corpus file is a mapping", CorpusError)
     except ScenarioError as exc:
         raise CorpusError(exc.errors) from None
     try:

@@ -17,7 +17,6 @@ Kind -> ground-truth policy categories lives here, in ``KIND_CATEGORIES``, and n
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from bisect import bisect_right
@@ -25,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -37,6 +35,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from service.yamlsource import LocatedErrors, SourceError, format_errors, read_yaml
 
 if TYPE_CHECKING:
     from service.replay.corpus import Corpus
@@ -311,7 +311,7 @@ class Scenario(_Strict):
             if lang not in self.markets:
                 errors.append((("markets",), f"no market mix for language {lang!r}"))
         if errors:
-            raise _LocatedErrors(errors)
+            raise LocatedErrors(errors)
         t = 0.0
         self._ends = []
         for phase in self.phases:
@@ -367,18 +367,8 @@ class Scenario(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SourceError):
     """A scenario (or its corpus) that cannot be used; ``errors`` name file, line and field."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
-
-
-class _LocatedErrors(ValueError):
-    def __init__(self, located: list[tuple[tuple, str]]) -> None:
-        super().__init__("; ".join(msg for _, msg in located))
-        self.located = located
 
 
 def load_scenario(path: Path | str = DEFAULT_SCENARIO) -> Scenario:
@@ -395,12 +385,14 @@ def load_scenario(path: Path | str = DEFAULT_SCENARIO) -> Scenario:
 
 def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     doc, lines = read_yaml(
-        text, source, what="a scenario is a mapping (name, markets, phases, ...)"
+        text, source, "a scenario is a mapping (name, markets, phases, ...)", ScenarioError
     )
     try:
         scenario = Scenario.model_validate(doc)
     except ValidationError as exc:
-        raise ScenarioError(format_errors(exc, lines, source, Scenario)) from None
+        raise ScenarioError(
+            format_errors(exc, lines, source, Scenario, _owners(), _UNION_TAGS)
+        ) from None
     scenario._source = source
     return scenario
 
@@ -431,114 +423,9 @@ def check_corpus(scenario: Scenario) -> None:
         raise ScenarioError(sorted(set(errors)))
 
 
-# ------------------------------------------------------------- YAML with positions (shared)
-
-
-def read_yaml(text: str, source: str, what: str) -> tuple[dict, dict[tuple, tuple[int, int]]]:
-    """Parse YAML into (document, key path -> (line, column)); duplicate keys are errors."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise ScenarioError([f"{where}: YAML syntax: {getattr(exc, 'problem', exc)}"]) from None
-    if not isinstance(doc, dict):
-        raise ScenarioError([f"{source}:1:1: {what}"])
-    duplicates = _duplicate_keys(node, source)
-    if duplicates:
-        raise ScenarioError(duplicates)
-    return doc, _positions(node)
-
-
-def _duplicate_keys(node: yaml.Node | None, source: str) -> list[str]:
-    errors: list[str] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                errors.append(f"{source}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: "
-                              f"duplicate key {name!r} (first on line {seen[name]})")  # fmt: skip
-            else:
-                seen[name] = key.start_mark.line + 1
-            errors += _duplicate_keys(value, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for value in node.value:
-            errors += _duplicate_keys(value, source)
-    return errors
-
-
-def _positions(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, tuple[int, int]]:
-    out: dict[tuple, tuple[int, int]] = {}
-    if node is None:
-        return out
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            child = path + (key.value,)
-            out.update(_positions(value, child))
-            out[child + ("<key>",)] = (key.start_mark.line + 1, key.start_mark.column + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            out.update(_positions(value, path + (i,)))
-    return out
-
-
-_SKIP_LOC = re.compile(r"^(function-|union\[|tagged-union|constrained-|json-or-python)")
-_UNION_TAGS = {"float", "int", "str", "dict[", "RampRate", "Spam"}
-
-
-def format_errors(
-    exc: ValidationError, lines: dict, source: str, root: type[BaseModel]
-) -> list[str]:
-    messages = []
-    for err in _expand(exc.errors()):
-        loc = tuple(p for p in err["loc"]
-                    if not (isinstance(p, str) and (_SKIP_LOC.match(p) or p in _UNION_TAGS
-                                                    or p.startswith(("dict[", "tuple[")))))  # fmt: skip
-        loc = tuple(p for p in loc if p != "[key]")
-        pos = None
-        for cut in range(len(loc), -1, -1):
-            key = loc[:cut]
-            if err["type"] == "extra_forbidden" and cut == len(loc) and key + ("<key>",) in lines:
-                pos = lines[key + ("<key>",)]
-                break
-            if key in lines:
-                pos = lines[key]
-                break
-        where = f"{source}:{pos[0]}:{pos[1]}" if pos else source
-        dotted = ".".join(str(p) for p in loc) or "(top)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}{_suggest_field(loc, root)}"
-        messages.append(f"{where}: {dotted}: {msg}")
-    # a union (number | {start, end}) reports each branch; keep one line per place and text
-    return list(dict.fromkeys(messages))
-
-
-def _expand(errors: list[dict]) -> list[dict]:
-    out = []
-    for err in errors:
-        located = getattr((err.get("ctx") or {}).get("error"), "located", None)
-        if located is None:
-            out.append(err)
-            continue
-        for path, msg in located:
-            out.append({**err, "loc": tuple(err["loc"]) + path, "msg": msg})
-    return out
+_UNION_TAGS = ("float", "int", "str", "RampRate", "Spam")
 
 
 @functools.cache
 def _owners() -> dict[str, type[BaseModel]]:
     return {"phases": Phase, "authors": Authors, "spam": Spam, "rate": RampRate}
-
-
-def _suggest_field(loc: tuple, root: type[BaseModel]) -> str:
-    model = root
-    for part in loc[:-1]:
-        if isinstance(part, str) and part in _owners():
-            model = _owners()[part]
-    names = [f.alias or n for n, f in model.model_fields.items()]
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
