@@ -168,6 +168,49 @@ def model_build(
     typer.echo(json.dumps(manifest, indent=2))
 
 
+def _embedding_cache(settings: Settings):
+    from service.classifier.cache import EmbeddingCache
+
+    ensure_model(settings)
+    return EmbeddingCache(
+        settings.data_dir / "cache" / "embeddings",
+        settings.resolved_model_dir,
+        max_length=settings.max_length_tokens,
+        threads=settings.torch_threads,
+    )
+
+
+@model_app.command("train")
+def model_train(
+    out: Path = typer.Option(None, help="where to write the heads (default: models/heads)"),
+    cap: int = typer.Option(3000, help="at most this many rows per dataset and label set"),
+) -> None:
+    """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
+    from service.classifier.train import HEADS_DIR, TrainSettings, train
+
+    settings = get_settings()
+    manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
+                     TrainSettings(cap_per_label=cap), log=typer.echo)  # fmt: skip
+    typer.echo(
+        json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
+    )
+
+
+@model_app.command("eval")
+def model_eval(
+    heads: Path = typer.Option(None, help="heads directory (default: models/heads)"),
+    card: bool = typer.Option(True, help="write the tables into models/README.md"),
+) -> None:
+    """Held-out metrics, HateCheck, MHC (Mandarin) and XSTest; tables into the model card."""
+    from service.classifier.evaluate import evaluate, tables
+    from service.classifier.heads import HEADS_DIR
+
+    settings = get_settings()
+    result = evaluate(_embedding_cache(settings), heads or settings.heads_dir or HEADS_DIR,
+                      write_card=card, log=typer.echo)  # fmt: skip
+    typer.echo(tables(result))
+
+
 @policy_app.command("check")
 def policy_check(files: list[Path]) -> None:
     """Validate policy files: exit 0 when all are valid, else print file:line:col errors, exit 1."""
@@ -356,6 +399,43 @@ def policy_schema() -> None:
     from service.policy import policy_json_schema
 
     typer.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+@app.command()
+def replay(
+    scenario: str = typer.Argument(None, help="scenario file or name (default: refugee_surge)"),
+    target: str = typer.Option(None, help="URL of a running service to drive"),
+    embedded: bool = typer.Option(
+        False, "--embedded", help="start Redis + API + workers for the run"
+    ),
+    rate_scale: float = typer.Option(None, help="multiply every rate (and review capacity)"),
+    time_scale: str = typer.Option(None, help="scenario s per wall s, or a ratio like 1d/1min"),
+    duration: float = typer.Option(None, help="stop sending after this many wall seconds"),
+    seed: int = typer.Option(1, help="random seed of the influx"),
+    workers: int = typer.Option(1, help="worker processes (--embedded, --compare)"),
+    out: Path = typer.Option(None, help="report directory (default var/reports/<scenario>-<time>)"),
+    fail_if: str = typer.Option(None, help='exit 1 if any holds, e.g. "p99_ms>2000,lost>0"'),
+    policy: Path = typer.Option(None, help="policy file for the embedded service"),
+    compare: tuple[Path, Path] = typer.Option(None, help="POLICY_A POLICY_B: replay under both"),
+    find_capacity: bool = typer.Option(
+        False, "--find-capacity", help="saturation search (smoke mix)"
+    ),
+    capacity_workers: str = typer.Option("1,2", help="worker counts for --find-capacity"),
+    step_seconds: float = typer.Option(20.0, help="length of each --find-capacity step"),
+    start_rate: float = typer.Option(8.0, help="first --find-capacity rate (posts/s)"),
+    drain_timeout: float = typer.Option(120.0, help="seconds to wait for decisions after sending"),
+    progress: bool = typer.Option(True, help="live progress display"),
+) -> None:
+    """Replay a synthetic influx through the API and write a report (see service/replay/)."""
+    from service.replay.command import main
+
+    code = main(scenario, target=target, embedded=embedded, rate_scale=rate_scale,
+                time_scale=time_scale, duration=duration, seed=seed, workers=workers, out=out,
+                fail_if=fail_if, policy=policy, compare=compare or None,
+                find_capacity=find_capacity, capacity_workers=capacity_workers,
+                step_seconds=step_seconds, start_rate=start_rate, drain_timeout=drain_timeout,
+                progress=progress)  # fmt: skip
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

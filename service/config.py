@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     shadow_policy_path: Path | None = None
     # Where `floodgate model build` writes the converted encoder (large, never committed).
     model_dir: Path | None = None
+    # trained category heads (`floodgate model train`); None or a missing directory: zero-shot
+    heads_dir: Path | None = REPO_ROOT / "models" / "heads"
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -46,6 +48,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, description="worker processes started by serve")
     torch_threads: int = Field(default=0, ge=0, description="0 = let torch decide")
     max_length_tokens: int = Field(default=256, ge=16, le=512)
+    # dynamic int8 quantisation of the encoder (faster; see models/README.md for quality)
+    quantize: bool = False
+    # exact-duplicate texts remembered by each worker (spam floods repeat): ~1.5 kB each
+    embedding_cache_size: int = Field(default=20_000, ge=0)
 
     claim_idle_ms: int = Field(default=30_000, ge=100)
     max_deliveries: int = Field(default=3, ge=1)

@@ -8,6 +8,7 @@ model each run once per batch.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -15,11 +16,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from service import language
-from service.classifier import Encoder, ZeroShotScorer
+from service.classifier import Encoder
+from service.classifier.heads import HeadsMismatch, TrainedHeads
+from service.classifier.scorer import PolicyScorer
 from service.classifier.zeroshot import QUERY
 from service.config import Settings
 from service.policy import Facts, LoadedPolicy, Outcome, evaluate, load_policy
 from service.schemas import Decision, PostIn
+
+log = logging.getLogger("floodgate.pipeline")
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,13 @@ class Moderator:
     rebuilt only when the categories or benign examples it depends on changed.
     """
 
-    def __init__(self, policy: LoadedPolicy, classifier: ZeroShotScorer) -> None:
+    def __init__(self, policy: LoadedPolicy, classifier: PolicyScorer) -> None:
         self.encoder = classifier.encoder
-        self._scorers: dict[str, ZeroShotScorer] = {_scorer_key(policy): classifier}
+        self.heads = getattr(classifier, "heads", None)
+        self._scorers: dict[str, PolicyScorer] = {_scorer_key(policy): classifier}
         self.policy = policy
         self.classifier = classifier
-        self.shadow: tuple[LoadedPolicy, ZeroShotScorer] | None = None
+        self.shadow: tuple[LoadedPolicy, PolicyScorer] | None = None
         # one forward pass at a time: torch already uses every core for one batch
         self._lock = threading.Lock()
 
@@ -88,15 +94,23 @@ class Moderator:
             settings.resolved_model_dir,
             max_length=settings.max_length_tokens,
             threads=settings.torch_threads,
+            quantize=settings.quantize,
+            cache_size=settings.embedding_cache_size,
         )
-        return cls(policy, ZeroShotScorer(encoder, policy.policy))
+        heads = None
+        if settings.heads_dir is not None and TrainedHeads.available(settings.heads_dir):
+            try:
+                heads = TrainedHeads(settings.heads_dir, encoder_version=encoder.version)
+            except HeadsMismatch as exc:  # serve zero-shot rather than wrong scores
+                log.warning("%s; scoring zero-shot", exc)
+        return cls(policy, PolicyScorer(encoder, policy.policy, heads))
 
-    def _scorer_for(self, lp: LoadedPolicy) -> ZeroShotScorer:
+    def _scorer_for(self, lp: LoadedPolicy) -> PolicyScorer:
         key = _scorer_key(lp)
         if key not in self._scorers:
             if len(self._scorers) > 8:  # old versions' scorers are not needed any more
                 self._scorers.clear()
-            self._scorers[key] = ZeroShotScorer(self.encoder, lp.policy)
+            self._scorers[key] = PolicyScorer(self.encoder, lp.policy, self.heads)
         return self._scorers[key]
 
     def use_policy(self, lp: LoadedPolicy) -> None:
@@ -121,9 +135,10 @@ class Moderator:
         texts = [j.post.text for j in jobs]
         langs = language.detect_batch(texts, [j.post.lang_hint for j in jobs])
         with self._lock:
-            embeddings = self.encoder.embed(texts, prefix=QUERY)
-        scores = scorer.score_embeddings(embeddings)
-        shadow_scores = shadow[1].score_embeddings(embeddings) if shadow else None
+            embeddings = self.encoder.embed(texts, prefix=QUERY, use_cache=True)
+        codes = [lang.code for lang in langs]
+        scores = scorer.score_embeddings(embeddings, codes)
+        shadow_scores = shadow[1].score_embeddings(embeddings, codes) if shadow else None
         now = datetime.now(UTC)
         per_post_ms = (time.perf_counter() - started) * 1000
         decisions = []

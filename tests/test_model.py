@@ -96,3 +96,23 @@ def test_scores_are_probabilities_for_every_policy_category(scorer):
     [scores] = scorer.score(["hello"])
     assert set(scores) == set(load_policy("policies/default.yaml").policy.categories)
     assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_duplicate_texts_are_embedded_once_and_cached(model_dir):
+    enc = Encoder(model_dir, cache_size=3)
+    texts = ["加微信领取福利", "hello", "加微信领取福利", "hi there"]
+    first = enc.embed(texts, use_cache=True)
+    assert np.allclose(first[0], first[2])
+    assert enc.cache_hits == 0 and len(enc._cache) == 3
+    again = enc.embed(["hello", "加微信领取福利", "new text"], use_cache=True)
+    assert enc.cache_hits == 2
+    assert np.allclose(again[0], first[1]) and np.allclose(again[1], first[0])
+    assert len(enc._cache) == 3  # bounded: the least recently used entry went
+
+
+def test_int8_encoder_is_close_to_fp32_and_says_so_in_its_version(model_dir):
+    fp32, int8 = Encoder(model_dir), Encoder(model_dir, quantize=True)
+    texts = ["hello from America", "加微信领取免费福利", "I will hurt you", "我們今天去台北"]
+    cos = np.sum(fp32.embed(texts) * int8.embed(texts), axis=1)
+    assert cos.min() > 0.95
+    assert int8.version == fp32.version + "-int8"

@@ -8,3 +8,4 @@ from service.classifier.encoder import Encoder, ModelNotBuilt
 from service.classifier.zeroshot import Classifier, ZeroShotScorer
 
 __all__ = ["Classifier", "Encoder", "ModelNotBuilt", "ZeroShotScorer"]
+# (heads, scorer, train, datasets are imported from their modules: they pull in torch/yaml)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +28,15 @@ class ModelNotBuilt(RuntimeError):
 class Encoder:
     """Batched, padding-aware forward pass of the e5 encoder on the CPU."""
 
-    def __init__(self, model_dir: Path, *, max_length: int = 256, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        max_length: int = 256,
+        threads: int = 0,
+        quantize: bool = False,
+        cache_size: int = 20_000,
+    ) -> None:
         import torch
         from transformers import AutoTokenizer, BertModel
         from transformers.utils import logging as hf_logging
@@ -49,6 +58,20 @@ class Encoder:
         self.model = BertModel.from_pretrained(
             model_dir, local_files_only=True, add_pooling_layer=False
         ).eval()
+        if quantize:
+            # int8 weights for every Linear layer, activations quantised on the fly
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(
+                    self.model, {torch.nn.Linear}, dtype=torch.qint8
+                )
+        self.quantized = quantize
+        # exact duplicates (spam floods repeat themselves) are embedded once
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.cache_hits = 0
         manifest = model_dir / "floodgate-build.json"
         self.version = (
             json.loads(manifest.read_text())["weights_sha256"][:12]
@@ -56,6 +79,12 @@ class Encoder:
             else hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
         )
         self.dim = self.model.config.hidden_size
+        if quantize:
+            self.version += "-int8"  # different numbers: heads and caches must tell them apart
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self.cache_hits = 0
 
     def token_lengths(self, texts: Sequence[str], prefix: str = "passage: ") -> list[int]:
         enc = self.tokenizer([prefix + t for t in texts], add_special_tokens=True, truncation=True,
@@ -63,19 +92,45 @@ class Encoder:
         return [len(ids) for ids in enc["input_ids"]]
 
     def embed(
-        self, texts: Sequence[str], *, prefix: str = "passage: ", sub_batch: int = 64
+        self,
+        texts: Sequence[str],
+        *,
+        prefix: str = "passage: ",
+        sub_batch: int = 64,
+        use_cache: bool = False,
     ) -> np.ndarray:
         """Embeddings (n, dim), float32, unit length, in the order of ``texts``.
 
-        Texts are sorted by length and run in sub-batches so that short posts are not
-        padded to the length of the longest one in the batch.
+        Identical texts are embedded once; with ``use_cache`` also across calls (a bounded
+        LRU of ``cache_size`` texts).
         """
-        torch = self._torch
-        n = len(texts)
-        out = np.zeros((n, self.dim), dtype=np.float32)
-        if n == 0:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            key = prefix + text
+            if use_cache and key in self._cache:
+                self._cache.move_to_end(key)
+                out[i] = self._cache[key]
+                self.cache_hits += 1
+            else:
+                todo.setdefault(key, []).append(i)
+        if not todo:
             return out
-        prefixed = [prefix + t for t in texts]
+        unique = list(todo)
+        for key, vector in zip(unique, self._forward(unique, sub_batch), strict=True):
+            out[todo[key]] = vector
+            if use_cache:
+                self._cache[key] = vector
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    def _forward(self, prefixed: list[str], sub_batch: int) -> np.ndarray:
+        """Texts are sorted by length and run in sub-batches so that short posts are not
+        padded to the length of the longest one in the batch."""
+        torch = self._torch
+        n = len(prefixed)
+        out = np.zeros((n, self.dim), dtype=np.float32)
         lengths = [len(t) for t in prefixed]
         order = sorted(range(n), key=lengths.__getitem__)
         with torch.inference_mode():

@@ -35,11 +35,13 @@ class Classifier(Protocol):
 
 
 class ZeroShotScorer:
-    def __init__(self, encoder: Encoder, policy: Policy) -> None:
+    def __init__(
+        self, encoder: Encoder, policy: Policy, categories: list[str] | None = None
+    ) -> None:
         self.encoder = encoder
-        self.categories = list(policy.categories)
+        self.categories = list(categories if categories is not None else policy.categories)
         anchors: list[tuple[int, str]] = []  # (category index or -1 for benign, text)
-        for ci, cat in enumerate(policy.categories.values()):
+        for ci, cat in enumerate(policy.categories[c] for c in self.categories):
             anchors.append((ci, cat.description))
             for examples in cat.examples.values():
                 anchors += [(ci, t) for t in examples]
@@ -53,6 +55,7 @@ class ZeroShotScorer:
             "\x00".join(f"{o}\x01{t}" for o, t in anchors).encode()
             + f"{TOP_K}/{TEMPERATURE}/{MARGIN}".encode()
         ).hexdigest()[:8]
+        self.digest = digest
         self.name = "multilingual-e5-small+zeroshot"
         self.version = f"{encoder.version}.{digest}"
 

@@ -1,0 +1,183 @@
+"""`floodgate model eval`: the trained heads on held-out data and on functional test suites.
+
+* held-out: the test split of the training data (never seen in training or calibration):
+  AUPRC, F1 at the chosen threshold and expected calibration error, per category x language;
+* HateCheck (en): accuracy overall and per functionality, beside Perspective's per-case
+  predictions shipped with the suite; a case counts as "hateful" when the hate score
+  reaches the hate threshold;
+* MHC, the Mandarin HateCheck: accuracy overall and per functionality;
+* XSTest: the share of its 250 safe prompts that any harmful category flags (false flags),
+  and for reference the share of its unsafe prompts flagged.
+
+None of these suites is used for training. Results go to models/heads/eval.json and the
+tables into models/README.md (between the EVAL markers).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from service.classifier.datasets import CATEGORIES, load_examples
+from service.classifier.heads import HEADS_DIR, TrainedHeads
+from service.classifier.train import OUTPUTS, split_metrics, targets
+from service.config import REPO_ROOT
+
+SHARED_EVAL = REPO_ROOT.parent / "shared" / "data" / "eval"
+CARD = REPO_ROOT / "models" / "README.md"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _suite(cache, heads: TrainedHeads, texts: list[str], language: str) -> np.ndarray:
+    emb = cache.embed(texts, prefix="query: ")
+    return heads.probabilities(emb, [language] * len(texts))
+
+
+def _accuracy(cases: list[dict], predicted: list[bool]) -> dict:
+    by: dict[str, list[bool]] = defaultdict(list)
+    for case, pred in zip(cases, predicted, strict=True):
+        by[case["functionality"]].append(pred == (case["label_gold"] == "hateful"))
+    return {
+        "accuracy": float(np.mean([ok for v in by.values() for ok in v])),
+        "n": len(cases),
+        "by_functionality": {
+            k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(by.items())
+        },
+    }
+
+
+def hatecheck(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
+    cases = _rows(root / "hatecheck" / "test_suite_cases.csv")
+    probs = _suite(cache, heads, [c["test_case"].strip() for c in cases], "en")
+    hate = heads.outputs.index("hate")
+    ours = _accuracy(cases, list(probs[:, hate] >= heads.thresholds["hate"]))
+    anchors = {
+        r["case_id"]: r
+        for r in _rows(
+            root / "hatecheck" / "anchor_predictions_acl2021" / "predictions_by_case_id.csv"
+        )
+    }
+    with_ref = [c for c in cases if c["case_id"] in anchors]
+    perspective = _accuracy(
+        with_ref, [anchors[c["case_id"]]["pred_perspective"] == "hateful" for c in with_ref]
+    )
+    return {"floodgate": ours, "perspective": perspective}
+
+
+def mhc(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
+    cases = _rows(root / "mhc_mandarin" / "hatecheck_cases_final_mandarin.csv")
+    probs = _suite(cache, heads, [c["test_case"].strip() for c in cases], "zh")
+    hate = heads.outputs.index("hate")
+    return _accuracy(cases, list(probs[:, hate] >= heads.thresholds["hate"]))
+
+
+def xstest(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
+    rows = _rows(root / "xstest" / "xstest_prompts.csv")
+    probs = _suite(cache, heads, [r["prompt"] for r in rows], "en")
+    cols = [heads.outputs.index(c) for c in CATEGORIES]
+    flagged = [
+        any(probs[i, j] >= heads.thresholds[heads.outputs[j]] for j in cols)
+        for i in range(len(rows))
+    ]
+    safe = [f for r, f in zip(rows, flagged, strict=True) if r["label"] == "safe"]
+    unsafe = [f for r, f in zip(rows, flagged, strict=True) if r["label"] != "safe"]
+    by_type: dict[str, list[bool]] = defaultdict(list)
+    for r, f in zip(rows, flagged, strict=True):
+        if r["label"] == "safe":
+            by_type[r["type"]].append(f)
+    return {
+        "safe_prompts": len(safe),
+        "false_flag_rate": float(np.mean(safe)),
+        "unsafe_flag_rate": float(np.mean(unsafe)) if unsafe else None,
+        "false_flags_by_type": {k: float(np.mean(v)) for k, v in sorted(by_type.items())},
+        "false_flag_examples": [
+            r["prompt"] for r, f in zip(rows, flagged, strict=True) if r["label"] == "safe" and f
+        ][:15],  # fmt: skip
+    }
+
+
+def held_out(cache, heads: TrainedHeads) -> dict:
+    examples = [e for e in load_examples(cap_per_label=heads.manifest["settings"]["cap_per_label"])
+                if e.split == "test"]  # fmt: skip
+    emb = cache.embed([e.text for e in examples], prefix="query: ")
+    langs = np.array([e.language for e in examples])
+    probs = heads.probabilities(emb, list(langs))
+    y, m = targets(examples)
+    order = [heads.outputs.index(o) for o in OUTPUTS]
+    return split_metrics(probs[:, order], y, m, langs, heads.thresholds)
+
+
+def evaluate(cache, heads_dir: Path = HEADS_DIR, write_card: bool = True, log=print) -> dict:
+    heads = TrainedHeads(heads_dir, encoder_version=cache.version)
+    log("held-out test split ...")
+    result = {"heads_version": heads.version, "thresholds": heads.thresholds,
+              "held_out": held_out(cache, heads)}  # fmt: skip
+    log("HateCheck ...")
+    result["hatecheck"] = hatecheck(cache, heads)
+    log("MHC (Mandarin HateCheck) ...")
+    result["mhc_mandarin"] = mhc(cache, heads)
+    log("XSTest ...")
+    result["xstest"] = xstest(cache, heads)
+    (Path(heads_dir) / "eval.json").write_text(
+        json.dumps(result, indent=1, ensure_ascii=False) + "\n"
+    )
+    if write_card and CARD.exists():
+        write_tables(result, CARD)
+    return result
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def tables(result: dict) -> str:
+    lines = ["### Held-out test split (10 % of the training data, by text hash)", "",
+             "| category | language | n | positives | AUPRC | F1 @ threshold | precision | recall | ECE |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, rows in result["held_out"].items():
+        for lang, r in rows.items():
+            lines.append(f"| {name} | {lang} | {r['n']} | {r['positives']} | {_f(r['auprc'])} | "
+                         f"{_f(r['f1'])} @ {result['thresholds'][name]:.2f} | {_f(r['precision'])} | "
+                         f"{_f(r['recall'])} | {_f(r['ece'])} |")  # fmt: skip
+    hc = result["hatecheck"]
+    lines += ["", "### HateCheck (English functional tests)", "",
+              f"Accuracy: **{hc['floodgate']['accuracy']:.3f}** (Perspective on the same cases: "
+              f"{hc['perspective']['accuracy']:.3f}; target >= 0.85).", "",
+              "| functionality | n | Floodgate | Perspective |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for k, v in hc["floodgate"]["by_functionality"].items():
+        p = hc["perspective"]["by_functionality"].get(k, {}).get("accuracy")
+        lines.append(f"| {k} | {v['n']} | {v['accuracy']:.3f} | {_f(p)} |")
+    mhc_r = result["mhc_mandarin"]
+    lines += ["", "### MHC, Mandarin HateCheck", "",
+              f"Accuracy: **{mhc_r['accuracy']:.3f}** (target >= 0.82).", "",
+              "| functionality | n | accuracy |", "| --- | --- | --- |"]  # fmt: skip
+    lines += [
+        f"| {k} | {v['n']} | {v['accuracy']:.3f} |" for k, v in mhc_r["by_functionality"].items()
+    ]
+    xs = result["xstest"]
+    lines += ["", "### XSTest (over-flagging)", "",
+              f"False flags on the {xs['safe_prompts']} safe prompts: **{xs['false_flag_rate']:.1%}** "
+              f"(target <= 5 %); unsafe prompts flagged: {xs['unsafe_flag_rate']:.1%}.", "",
+              "| safe prompt type | false-flag rate |", "| --- | --- |"]  # fmt: skip
+    lines += [f"| {k} | {v:.1%} |" for k, v in xs["false_flags_by_type"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(result: dict, card: Path) -> None:
+    text = card.read_text("utf-8")
+    start, end = "<!-- EVAL:START -->", "<!-- EVAL:END -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        card.write_text(f"{head}{start}\n{tables(result)}{end}{tail}", "utf-8")
