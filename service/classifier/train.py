@@ -109,7 +109,7 @@ def fit_head(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         sched.step()
         if epoch % 10 == 0 or epoch == s.epochs - 1:
             log(f"  epoch {epoch + 1}/{s.epochs}: loss {total / len(X):.4f}")
