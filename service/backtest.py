@@ -459,10 +459,15 @@ class _Embedded:
     """Languages and text embeddings of posts: policy-independent, computed once."""
 
     def __init__(
-        self, posts: Sequence[LabeledPost], cache: EmbeddingCache, progress: bool | None
+        self,
+        posts: Sequence[LabeledPost],
+        cache: EmbeddingCache,
+        progress: bool | None,
+        heads: Any = "auto",
     ) -> None:
         self.posts = list(posts)
         self.cache = cache
+        self.heads = default_heads(cache) if heads == "auto" else heads
         texts = [p.text for p in self.posts]
         with _stage(f"detecting the language of {len(texts)} posts", progress):
             self.languages = cache.detect(texts, [p.language for p in self.posts])
@@ -471,18 +476,34 @@ class _Embedded:
         self.scorer_versions: dict[str, str] = {}
 
     def scored(self, lp: LoadedPolicy) -> list[ScoredPost]:
-        from service.classifier.zeroshot import ZeroShotScorer
+        from service.classifier.scorer import PolicyScorer
 
-        # anchors go through the cache too: a warm run does not load the model
-        scorer = ZeroShotScorer(self.cache, lp.policy)
+        # as the worker scores: trained heads, zero-shot for categories without one; the
+        # zero-shot anchors go through the cache too, so a warm run does not load the model
+        scorer = PolicyScorer(self.cache, lp.policy, self.heads)
         self.scorer_versions[lp.version] = scorer.version
         if scorer.version not in self._scores:
-            self._scores[scorer.version] = scorer.score_embeddings(self.embeddings)
+            codes = [lang.code for lang in self.languages]
+            self._scores[scorer.version] = scorer.score_embeddings(self.embeddings, codes)
         scores = self._scores[scorer.version]
         return [
             ScoredPost(p, lang, sc)
             for p, lang, sc in zip(self.posts, self.languages, scores, strict=True)
         ]
+
+
+def default_heads(cache: EmbeddingCache) -> Any:
+    """The trained heads the service would load for this encoder, or None (zero-shot)."""
+    from service.classifier.heads import HeadsMismatch, TrainedHeads
+    from service.config import get_settings
+
+    directory = get_settings().heads_dir
+    if directory is None or not TrainedHeads.available(directory):
+        return None
+    try:
+        return TrainedHeads(directory, encoder_version=cache.version)
+    except HeadsMismatch:
+        return None
 
 
 def score_posts(
@@ -491,9 +512,13 @@ def score_posts(
     encoder_cache: EmbeddingCache,
     *,
     progress: bool | None = None,
+    heads: Any = "auto",
 ) -> list[ScoredPost]:
-    """Each post's language and its category scores under ``policy`` (as the worker would)."""
-    return _Embedded(posts, encoder_cache, progress).scored(_policy(policy))
+    """Each post's language and its category scores under ``policy`` (as the worker would).
+
+    ``heads``: "auto" loads the service's trained heads; None scores zero-shot only.
+    """
+    return _Embedded(posts, encoder_cache, progress, heads).scored(_policy(policy))
 
 
 def _market(sp: ScoredPost, lp: LoadedPolicy, market: str | None) -> str:
@@ -638,6 +663,7 @@ def backtest(
     examples: int = 3,
     include_posts: bool = False,
     progress: bool | None = None,
+    heads: Any = "auto",
 ) -> dict[str, Any]:
     """Measure a policy on labelled posts; a JSON-able dict (see the module doc).
 
@@ -660,7 +686,7 @@ def backtest(
     )
     cache = cache or open_cache(progress=progress)
     t1 = time.perf_counter()
-    scored = score_posts(posts, lp, cache, progress=progress)
+    scored = score_posts(posts, lp, cache, progress=progress, heads=heads)
     t2 = time.perf_counter()
     outcomes = evaluate_posts(scored, lp, market)
     cats = list(lp.policy.categories)
@@ -860,6 +886,7 @@ def diff(
     market: str | None = None,
     examples: int = 3,
     progress: bool | None = None,
+    heads: Any = "auto",
 ) -> dict[str, Any]:
     """Posts whose action changes in some market between two policies (see the module doc).
 
@@ -880,7 +907,7 @@ def diff(
         skip_bad=skip_bad,
     )
     cache = cache or open_cache(progress=progress)
-    embedded = _Embedded(posts, cache, progress)
+    embedded = _Embedded(posts, cache, progress, heads)
     scored_old, scored_new = embedded.scored(old), embedded.scored(new)
     outcomes_old = evaluate_posts(scored_old, old, market)
     outcomes_new = evaluate_posts(scored_new, new, market)
