@@ -183,14 +183,15 @@ def _embedding_cache(settings: Settings):
 @model_app.command("train")
 def model_train(
     out: Path = typer.Option(None, help="where to write the heads (default: models/heads)"),
-    cap: int = typer.Option(3000, help="at most this many rows per dataset and label set"),
+    cap: int = typer.Option(1000, help="at most this many rows per dataset and label set"),
+    ablation: bool = typer.Option(True, help="also train without the seeds, to measure what they add"),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
     from service.classifier.train import HEADS_DIR, TrainSettings, train
 
     settings = get_settings()
     manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
-                     TrainSettings(cap_per_label=cap), log=typer.echo)  # fmt: skip
+                     TrainSettings(cap_per_label=cap), log=typer.echo, ablate=ablation)  # fmt: skip
     typer.echo(
         json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
     )

@@ -120,6 +120,9 @@ def evaluate(cache, heads_dir: Path = HEADS_DIR, write_card: bool = True, log=pr
     log("held-out test split ...")
     result = {"heads_version": heads.version, "thresholds": heads.thresholds,
               "held_out": held_out(cache, heads)}  # fmt: skip
+    trained = heads.manifest.get("metrics", {})
+    if "without_seeds" in trained:
+        result["seeds_ablation"] = {"with": trained["test"], "without": trained["without_seeds"]}
     log("HateCheck ...")
     result["hatecheck"] = hatecheck(cache, heads)
     log("MHC (Mandarin HateCheck) ...")
@@ -150,6 +153,15 @@ def tables(result: dict) -> str:
             lines.append(f"| {name} | {lang} | {r['n']} | {r['positives']} | {_f(r['auprc'])} | "
                          f"{_f(r['f1'])} @ {result['thresholds'][name]:.2f} | {_f(r['precision'])} | "
                          f"{_f(r['recall'])} | {_f(r['ece'])} |")  # fmt: skip
+    if "seeds_ablation" in result:
+        lines += ["", "### What the hand-written seeds add (same test split, AUPRC)", "",
+                  "| category | language | public data + seeds | public data only |",
+                  "| --- | --- | --- | --- |"]  # fmt: skip
+        with_, without = result["seeds_ablation"]["with"], result["seeds_ablation"]["without"]
+        for name, rows in with_.items():
+            for lang, r in rows.items():
+                other = without.get(name, {}).get(lang, {}).get("auprc")
+                lines.append(f"| {name} | {lang} | {_f(r['auprc'])} | {_f(other)} |")
     hc = result["hatecheck"]
     lines += ["", "### HateCheck (English functional tests)", "",
               f"Accuracy: **{hc['floodgate']['accuracy']:.3f}** (Perspective on the same cases: "
