@@ -85,6 +85,12 @@ def test_platt_scaling_recovers_a_known_sigmoid():
     assert a == pytest.approx(2.0, abs=0.1) and b == pytest.approx(-1.0, abs=0.1)
 
 
+def test_platt_scaling_stays_finite_on_separable_data():
+    logit = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+    a, b = fit_platt(logit, np.array([0, 0, 0, 1, 1, 1.0]))
+    assert 0 < a < 10 and abs(b) < 1
+
+
 def test_training_is_deterministic_and_heads_load(tmp_path, model_dir):
     from service.classifier.cache import EmbeddingCache
     from service.classifier.heads import HeadsMismatch, TrainedHeads

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.classifier.train import apply_calibration
 from service.config import REPO_ROOT
 
 HEADS_DIR = REPO_ROOT / "models" / "heads"
@@ -54,10 +55,4 @@ class TrainedHeads:
             logits = self.head(
                 self._torch.from_numpy(np.ascontiguousarray(embeddings, np.float32))
             ).numpy()
-        a = np.empty_like(logits)
-        b = np.empty_like(logits)
-        for j, name in enumerate(self.outputs):
-            cal = self.calibration[name]
-            for i, lang in enumerate(languages):
-                a[i, j], b[i, j] = cal.get(lang, cal["all"])
-        return 1.0 / (1.0 + np.exp(-(a * logits + b)))
+        return apply_calibration(logits, self.calibration, languages, self.outputs)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ OUTPUTS = (*CATEGORIES, "benign")
 HEADS_DIR = REPO_ROOT / "models" / "heads"
 LANGUAGES = ("en", "zh")
 MIN_POSITIVES_PER_LANGUAGE = 25
+MAX_SLOPE = 10.0
 
 
 @dataclass(frozen=True)
@@ -128,14 +128,21 @@ def logits_of(head, x: np.ndarray) -> np.ndarray:
 
 
 def fit_platt(logit: np.ndarray, y: np.ndarray, iters: int = 300) -> tuple[float, float]:
-    """a, b minimising the log loss of sigmoid(a * logit + b) (Newton's method)."""
+    """a, b minimising the log loss of sigmoid(a * logit + b) (Newton's method).
+
+    Targets are Platt's smoothed ones ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)): on a cell the
+    head separates perfectly the plain fit has no finite optimum (the slope runs away).
+    """
+    positives, negatives = float(y.sum()), float(len(y) - y.sum())
+    y = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     a, b = 1.0, 0.0
+    ridge = 1.0  # a weak prior towards the identity (a=1, b=0): keeps near-separable cells sane
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(a * logit + b)))
-        g = np.array([np.sum((p - y) * logit), np.sum(p - y)])
+        p = 1 / (1 + np.exp(-np.clip(a * logit + b, -60, 60)))
+        g = np.array([np.sum((p - y) * logit) + ridge * (a - 1), np.sum(p - y) + ridge * b])
         wgt = p * (1 - p) + 1e-9
-        h = np.array([[np.sum(wgt * logit * logit), np.sum(wgt * logit)],
-                      [np.sum(wgt * logit), np.sum(wgt)]]) + 1e-6 * np.eye(2)  # fmt: skip
+        h = np.array([[np.sum(wgt * logit * logit) + ridge, np.sum(wgt * logit)],
+                      [np.sum(wgt * logit), np.sum(wgt) + ridge]])  # fmt: skip
         step = np.linalg.solve(h, g)
         a, b = a - step[0], b - step[1]
         if np.abs(step).max() < 1e-7:
@@ -153,19 +160,25 @@ def calibrate(logits: np.ndarray, y: np.ndarray, m: np.ndarray, langs: np.ndarra
             sel = known & (langs == lang)
             positives, negatives = y[sel, j].sum(), (1 - y[sel, j]).sum()
             if positives >= MIN_POSITIVES_PER_LANGUAGE and negatives >= MIN_POSITIVES_PER_LANGUAGE:
-                cal[lang] = list(fit_platt(logits[sel, j], y[sel, j]))
+                a, b = fit_platt(logits[sel, j], y[sel, j])
+                if 0 < a < MAX_SLOPE:  # otherwise the all-language fit is the safer one
+                    cal[lang] = [a, b]
         out[name] = cal
     return out
 
 
-def apply_calibration(logits: np.ndarray, calibration: dict, langs) -> np.ndarray:
-    probs = np.zeros_like(logits)
-    for j, name in enumerate(OUTPUTS):
+def apply_calibration(
+    logits: np.ndarray, calibration: dict, langs, outputs: tuple[str, ...] | list[str] = OUTPUTS
+) -> np.ndarray:
+    """sigmoid(a * logit + b) with (a, b) per output and language (all-language fallback)."""
+    a = np.empty_like(logits)
+    b = np.empty_like(logits)
+    for j, name in enumerate(outputs):
         cal = calibration[name]
         for i, lang in enumerate(langs):
-            a, b = cal.get(lang, cal["all"])
-            probs[i, j] = 1 / (1 + math.exp(-(a * logits[i, j] + b)))
-    return probs
+            a[i, j], b[i, j] = cal.get(lang, cal["all"])
+    z = np.clip(a * logits + b, -60.0, 60.0)
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 # --------------------------------------------------------------------------- metrics
