@@ -318,7 +318,8 @@ def test_category_threshold_zero_fires_everywhere(tmp_path, cold, cache_dir, mod
 
 def test_second_run_is_served_from_the_cache(cold, cache_dir, model_dir):
     first_cache, first = cold
-    assert first["cache"]["embedding_computed"] > 26  # the posts and the policy's anchors
+    # the posts, plus the zero-shot anchors of any category without a trained head
+    assert first["cache"]["embedding_computed"] >= 26
     assert first["cache"]["language_computed"] == 26
     cache = EmbeddingCache(cache_dir, model_dir)
     again = backtest(POLICY, FIXTURE, cache=cache, include_posts=True, progress=False)

@@ -382,7 +382,7 @@ DEFAULT_CASES = [
         id="zh-hate",
     ),
     pytest.param(
-        zh(scores={"hate": 0.79}), {"cn": "allow", "intl": "allow"}, set(), None, id="zh-hate-below"
+        zh(scores={"hate": 0.49}), {"cn": "allow", "intl": "allow"}, set(), None, id="zh-hate-below"
     ),
     pytest.param(
         en(scores={"hate": 0.9}, market="intl"),
@@ -413,7 +413,7 @@ DEFAULT_CASES = [
         id="en-self-harm",
     ),
     pytest.param(
-        zh(scores={"self_harm": 0.74}),
+        zh(scores={"self_harm": 0.49}),
         {"cn": "allow", "intl": "allow"},
         set(),
         None,
@@ -450,7 +450,7 @@ DEFAULT_CASES = [
     pytest.param(
         en(
             "great deals, check my profile",
-            scores={"scam_spam": 0.6},
+            scores={"scam_spam": 0.4},
             account_age_days=1,
             market="intl",
         ),
@@ -462,7 +462,7 @@ DEFAULT_CASES = [
     pytest.param(
         en(
             "great deals, check my profile",
-            scores={"scam_spam": 0.6},
+            scores={"scam_spam": 0.4},
             account_age_days=30,
             market="intl",
         ),

@@ -265,7 +265,7 @@ def test_cli_check_reports_every_error_with_file_and_line(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "service", "policy", "check", str(path)],
                         capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0 and "ok" in ok.stdout
-    text = path.read_text("utf-8").replace("threshold: 0.80", "threshold: 1.80", 1).replace(
+    text = path.read_text("utf-8").replace("threshold: 0.50", "threshold: 1.50", 1).replace(
         "action: review", "actoin: review", 1)  # fmt: skip
     path.write_text(text, "utf-8")
     bad = subprocess.run([sys.executable, "-m", "service", "policy", "check", str(path)],
