@@ -235,7 +235,7 @@ SOURCES: tuple[Source, ...] = (
 
 def _seed_examples(root: Path) -> Iterator[Example]:
     """Examples written for the project (seeds/labeled/*.yaml)."""
-    for f in sorted(root.glob("*.yaml")):
+    for f in sorted(root.glob("**/*.yaml")):
         doc = yaml.safe_load(f.read_text("utf-8")) or {}
         category = doc.get("category", "benign")
         default = frozenset() if category == "benign" else frozenset({category})

@@ -115,8 +115,26 @@ def held_out(cache, heads: TrainedHeads) -> dict:
     return split_metrics(probs[:, order], y, m, langs, heads.thresholds)
 
 
-def evaluate(cache, heads_dir: Path = HEADS_DIR, write_card: bool = True, log=print) -> dict:
+def policy_thresholds(heads: TrainedHeads, policy_path: Path) -> dict[str, float]:
+    """The thresholds the service applies: the policy's, where it names the category."""
+    from service.policy import load_policy
+
+    categories = load_policy(policy_path).policy.categories
+    return {name: categories[name].threshold if name in categories else heads.thresholds[name]
+            for name in heads.outputs}  # fmt: skip
+
+
+def evaluate(
+    cache,
+    heads_dir: Path = HEADS_DIR,
+    write_card: bool = True,
+    log=print,
+    policy_path: Path = REPO_ROOT / "policies" / "default.yaml",
+) -> dict:
     heads = TrainedHeads(heads_dir, encoder_version=cache.version)
+    # judge the model at the thresholds the default policy applies (calibrated: one number
+    # for both languages), not at the F1-optimal ones found in training
+    heads.thresholds = policy_thresholds(heads, policy_path)
     log("held-out test split ...")
     result = {"heads_version": heads.version, "thresholds": heads.thresholds,
               "held_out": held_out(cache, heads)}  # fmt: skip
