@@ -65,6 +65,13 @@ def consumer_pending(client, keys: Keys, group: str) -> dict[str, int]:
     return {c["name"]: int(c["pending"]) for c in summary.get("consumers") or []}
 
 
+def wait_until_busy(client, settings, what: str) -> None:
+    """Until some consumer holds entries it has read but not acknowledged (mid-batch)."""
+    keys = Keys(settings.key_prefix)
+    wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
+               120, what)  # fmt: skip
+
+
 def test_sigkill_mid_batch_loses_nothing_and_decides_nothing_twice(redis_url, model_dir, moderator):
     # a large batch and one torch thread keep worker A busy long enough to be killed mid-batch
     settings = make_settings(redis_url, model_dir, batch_size=64, claim_idle_ms=1000)
@@ -74,8 +81,7 @@ def test_sigkill_mid_batch_loses_nothing_and_decides_nothing_twice(redis_url, mo
         ids = submit(api.url, 96, "kill")
         victim = worker_process(settings)
         try:
-            wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
-                       120, "worker A to take a batch")  # fmt: skip
+            wait_until_busy(client, settings, "worker A to take a batch")
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
         finally:
@@ -174,8 +180,7 @@ def test_graceful_stop_finishes_the_batch_in_hand(redis_url, model_dir, sig):
         ids = submit(api.url, 32, "term")
         proc = worker_process(settings)
         try:
-            wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
-                       120, "the worker to take a batch")  # fmt: skip
+            wait_until_busy(client, settings, "the worker to take a batch")
             proc.send_signal(sig)
             out, _ = proc.communicate(timeout=60)
         finally:
