@@ -639,12 +639,25 @@ def _data_info(data: Any, posts: Sequence[LabeledPost]) -> dict[str, Any]:
     }
 
 
-def _load(
-    data: Path | str | Sequence[LabeledPost], lp_categories: Iterable[str], **load_kw: Any
-) -> Sequence[LabeledPost]:
-    if isinstance(data, str | Path):
-        return load_labeled(data, categories=lp_categories, **load_kw)
-    return data
+@dataclass(frozen=True)
+class DataSpec:
+    """How to read a labelled file (the options `load_labeled` takes), shared by
+    `backtest`, `diff` and their CLI commands."""
+
+    text_col: str | None = None
+    label_col: str | None = None
+    category: str | None = None
+    label_map: str | Mapping[str, str] | None = None
+    limit: int | None = None
+    seed: int = 0
+    skip_bad: bool = False
+
+    def load(
+        self, data: Path | str | Sequence[LabeledPost], categories: Iterable[str]
+    ) -> Sequence[LabeledPost]:
+        if isinstance(data, str | Path):
+            return load_labeled(data, categories=categories, **self.__dict__)
+        return data
 
 
 def backtest(
@@ -652,13 +665,7 @@ def backtest(
     data_path: Path | str | Sequence[LabeledPost],
     *,
     cache: EmbeddingCache | None = None,
-    text_col: str | None = None,
-    label_col: str | None = None,
-    category: str | None = None,
-    label_map: str | Mapping[str, str] | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    skip_bad: bool = False,
+    spec: DataSpec = DataSpec(),
     market: str | None = None,
     examples: int = 3,
     include_posts: bool = False,
@@ -673,17 +680,7 @@ def backtest(
     """
     t0 = time.perf_counter()
     lp = _policy(policy_path)
-    posts = _load(
-        data_path,
-        lp.policy.categories,
-        text_col=text_col,
-        label_col=label_col,
-        category=category,
-        label_map=label_map,
-        limit=limit,
-        seed=seed,
-        skip_bad=skip_bad,
-    )
+    posts = spec.load(data_path, lp.policy.categories)
     cache = cache or open_cache(progress=progress)
     t1 = time.perf_counter()
     scored = score_posts(posts, lp, cache, progress=progress, heads=heads)
@@ -701,7 +698,9 @@ def backtest(
         for sp, f in zip(scored, fired, strict=True)
         for c in cats
     )
-    labelled_cats = {c for p in posts for c in p.labels} | ({category} if category else set())
+    labelled_cats = {c for p in posts for c in p.labels} | (
+        {spec.category} if spec.category else set()
+    )
     for row in metrics:
         row["labelled_in_data"] = row["category"] in labelled_cats
         cat = lp.policy.categories[row["category"]]
@@ -876,13 +875,7 @@ def diff(
     data_path: Path | str | Sequence[LabeledPost],
     *,
     cache: EmbeddingCache | None = None,
-    text_col: str | None = None,
-    label_col: str | None = None,
-    category: str | None = None,
-    label_map: str | Mapping[str, str] | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    skip_bad: bool = False,
+    spec: DataSpec = DataSpec(),
     market: str | None = None,
     examples: int = 3,
     progress: bool | None = None,
@@ -895,17 +888,7 @@ def diff(
     """
     t0 = time.perf_counter()
     old, new = _policy(old_policy_path), _policy(new_policy_path)
-    posts = _load(
-        data_path,
-        set(old.policy.categories) | set(new.policy.categories),
-        text_col=text_col,
-        label_col=label_col,
-        category=category,
-        label_map=label_map,
-        limit=limit,
-        seed=seed,
-        skip_bad=skip_bad,
-    )
+    posts = spec.load(data_path, set(old.policy.categories) | set(new.policy.categories))
     cache = cache or open_cache(progress=progress)
     embedded = _Embedded(posts, cache, progress, heads)
     scored_old, scored_new = embedded.scored(old), embedded.scored(new)

@@ -184,7 +184,9 @@ def _embedding_cache(settings: Settings):
 def model_train(
     out: Path = typer.Option(None, help="where to write the heads (default: models/heads)"),
     cap: int = typer.Option(1000, help="at most this many rows per dataset and label set"),
-    ablation: bool = typer.Option(True, help="also train without the seeds, to measure what they add"),
+    ablation: bool = typer.Option(
+        True, help="also train without the seeds, to measure what they add"
+    ),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
     from service.classifier.train import HEADS_DIR, TrainSettings, train
@@ -301,25 +303,33 @@ class _DataOptions:
     as_json = typer.Option(None, "--json", help="also write the full result as JSON to this file")
 
 
-def _run_report(run, render) -> None:
+def _policy_report(command: str, policies: list[Path], data: Path, as_json: Path | None,
+                   market: str | None, **read: object) -> None:  # fmt: skip
+    """Run `backtest` or `diff` and print its tables; errors exit 2 with file:line messages."""
     from rich.console import Console
 
-    from service.backtest import DataError
+    from service import backtest as bt
     from service.policy import PolicyError
 
+    run, render = {
+        "backtest": (bt.backtest, bt.render_backtest),
+        "diff": (bt.diff, bt.render_diff),
+    }[command]
     try:
-        result = run()
+        result = run(*policies, data, spec=bt.DataSpec(**read), market=market)
     except PolicyError as exc:
         for line in exc.errors:
             typer.echo(line, err=True)
         raise typer.Exit(2) from None
-    except (DataError, FileNotFoundError) as exc:
+    except (bt.DataError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     render(result, Console())
-    return result
+    if as_json:
+        as_json.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
 
+# typer needs each command's options spelled out; the declarations above are shared
 @policy_app.command("backtest")
 def policy_backtest(
     policy: Path,
@@ -335,25 +345,9 @@ def policy_backtest(
     as_json: Path = _DataOptions.as_json,
 ) -> None:
     """Precision / recall / F1 per category x language, actions, and what each rule catches."""
-    from service.backtest import backtest, render_backtest
-
-    result = _run_report(
-        lambda: backtest(
-            policy,
-            data,
-            text_col=text_col,
-            label_col=label_col,
-            category=category,
-            label_map=label_map,
-            limit=limit,
-            seed=seed,
-            skip_bad=skip_bad,
-            market=market,
-        ),  # fmt: skip
-        render_backtest,
-    )
-    if as_json:
-        as_json.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    _policy_report("backtest", [policy], data, as_json, market, text_col=text_col,
+                   label_col=label_col, category=category, label_map=label_map, limit=limit,
+                   seed=seed, skip_bad=skip_bad)  # fmt: skip
 
 
 @policy_app.command("diff")
@@ -372,26 +366,9 @@ def policy_diff(
     as_json: Path = _DataOptions.as_json,
 ) -> None:
     """Which posts change decision between two policies, by rule and language, with examples."""
-    from service.backtest import diff, render_diff
-
-    result = _run_report(
-        lambda: diff(
-            old,
-            new,
-            data,
-            text_col=text_col,
-            label_col=label_col,
-            category=category,
-            label_map=label_map,
-            limit=limit,
-            seed=seed,
-            skip_bad=skip_bad,
-            market=market,
-        ),  # fmt: skip
-        render_diff,
-    )
-    if as_json:
-        as_json.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+    _policy_report("diff", [old, new], data, as_json, market, text_col=text_col,
+                   label_col=label_col, category=category, label_map=label_map, limit=limit,
+                   seed=seed, skip_bad=skip_bad)  # fmt: skip
 
 
 @policy_app.command("schema")
