@@ -65,11 +65,19 @@ def consumer_pending(client, keys: Keys, group: str) -> dict[str, int]:
     return {c["name"]: int(c["pending"]) for c in summary.get("consumers") or []}
 
 
-def wait_until_busy(client, settings, what: str) -> None:
-    """Until some consumer holds entries it has read but not acknowledged (mid-batch)."""
+def signal_when_busy(client, settings, sig: int) -> tuple[int, str]:
+    """Start a worker process, signal it once it holds a batch; (exit code, its output)."""
     keys = Keys(settings.key_prefix)
-    wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
-               120, what)  # fmt: skip
+    proc = worker_process(settings)
+    try:
+        wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
+                   120, "the worker to take a batch")  # fmt: skip
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
 
 
 def test_sigkill_mid_batch_loses_nothing_and_decides_nothing_twice(redis_url, model_dir, moderator):
@@ -79,14 +87,7 @@ def test_sigkill_mid_batch_loses_nothing_and_decides_nothing_twice(redis_url, mo
     client = connect(redis_url)
     with LiveServer(settings) as api:
         ids = submit(api.url, 96, "kill")
-        victim = worker_process(settings)
-        try:
-            wait_until_busy(client, settings, "worker A to take a batch")
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(10)
-        finally:
-            if victim.poll() is None:
-                victim.kill()
+        signal_when_busy(client, settings, signal.SIGKILL)  # worker A dies mid-batch
         stranded = sum(consumer_pending(client, keys, settings.consumer_group).values())
         assert stranded > 0, "worker A was not killed mid-batch: the test proved nothing"
         with WorkerThread(settings, moderator, name="worker-b"):
@@ -178,15 +179,8 @@ def test_graceful_stop_finishes_the_batch_in_hand(redis_url, model_dir, sig):
     client = connect(redis_url)
     with LiveServer(settings) as api:
         ids = submit(api.url, 32, "term")
-        proc = worker_process(settings)
-        try:
-            wait_until_busy(client, settings, "the worker to take a batch")
-            proc.send_signal(sig)
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 0, out
+        returncode, out = signal_when_busy(client, settings, sig)
+        assert returncode == 0, out
         assert "finishing the batch in hand" in out
     assert not any(consumer_pending(client, keys, settings.consumer_group).values())
     decided = audit_ids(client, keys)
