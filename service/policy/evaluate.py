@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from service.policy.model import SEVERITY, Condition
+from service.policy.model import SEVERITY, Condition, Rule
 from service.policy.text import collapse, fold
 
 if TYPE_CHECKING:
@@ -150,15 +150,14 @@ def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
     if facts.market not in markets:
         markets.append(facts.market)
     for market in markets:
-        f = Facts(**{**facts.__dict__, "market": market})
-        matches = []
+        f = replace(facts, market=market)
+        matched: list[tuple[Rule, RuleMatch]] = []
         for rule in lp.policy.rules:
             if rule.markets is not None and market not in rule.markets:
                 continue
             trace = _Trace()
             if _holds(rule.when, f, lp, forms, trace, cache):
-                matches.append(
-                    RuleMatch(
+                matched.append((rule, RuleMatch(
                         rule_id=rule.id,
                         action=rule.action,
                         labels=tuple(rule.labels),
@@ -167,10 +166,10 @@ def evaluate(lp: LoadedPolicy, facts: Facts) -> dict[str, Outcome]:
                         categories=tuple(sorted(trace.categories.items())),
                         keywords=tuple(sorted(trace.keywords.items())),
                         signals=tuple(sorted(trace.signals.items())),
-                    )
-                )
-        priority = {r.id: r.priority for r in lp.policy.rules}
-        matches.sort(key=lambda m: (-SEVERITY[m.action], -priority[m.rule_id], m.rule_id))
+                    )))  # fmt: skip
+        # most severe first; among equals the higher priority, then the id (stable reasons)
+        matched.sort(key=lambda rm: (-SEVERITY[rm[0].action], -rm[0].priority, rm[0].id))
+        matches = [m for _, m in matched]
         action = matches[0].action if matches else "allow"
         labels = tuple(dict.fromkeys(label for m in matches for label in m.labels))
         queue = (
