@@ -1,16 +1,21 @@
 """Posts/s of the model path at batch 1, 8, 32, 128 on short (<= 32 tokens), long
-(>= 256 tokens) and mixed (80 % short, 20 % long) posts, with the thread count fixed, against the plain fp32 forward pass
-measured in the same run (machines here are shared and noisy: compare ratios, not runs).
+(>= 256 tokens) and mixed (80 % short, 20 % long) posts, with the thread count fixed, against
+the plain fp32 forward pass measured in the same run (machines here are shared and noisy:
+compare ratios, not runs).
 
-    python bench/model_speed.py --threads 2 --json var/bench/model_speed.json
+    python bench/model_speed.py --threads 2 --json var/bench/model_speed.json --card models/README.md
 
-Variants:
-  plain      fp32, the batch padded to its longest post, max_length 512
-  bucketed   fp32, sorted by length into sub-batches (what Encoder.embed does), max_length 256
-  int8       bucketed + dynamic int8 quantisation of the Linear layers
-  int8+trunc128  int8 with posts truncated at 128 tokens (most posts are far shorter)
-  int8+dedup int8 with the exact-duplicate cache a spam flood hits (30 % repeats)
-Quality of int8 is reported as the cosine to fp32 embeddings on the same posts.
+Variants (each adds one thing to the one before, except int8):
+  plain          fp32, the whole batch padded to its longest post, max_length 512
+  bucketed       fp32, sorted by length into sub-batches (what Encoder.embed does), 512
+  bf16           bucketed, bfloat16 weights and activations (AMX / AVX512-BF16), 512
+  bf16+trunc256  bf16, posts truncated at 256 tokens: what the worker serves
+  served+dedup   the served path on a spam-flood feed (30 % exact repeats), duplicate cache on
+  int8+trunc256  dynamic int8 instead of bf16 (not served: the heads lose up to 10 AUPRC
+                 points on int8 embeddings, see models/README.md)
+Quality of bf16 and int8 is reported as the minimum cosine to fp32 embeddings of the same
+posts at the same max_length; what truncation and bf16 do to the heads' AUPRC is measured by
+`floodgate model eval` (the card's "Serving variants" table).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ LONG_ZH = (
 
 
 def posts(kind: str, n: int, rng: random.Random) -> list[str]:
-    def long(i: int) -> str:
-        return (LONG_EN * 4 if rng.random() < 0.5 else LONG_ZH * 8) + str(i)
+    def long(i: int) -> str:  # 280-400 tokens
+        return (LONG_EN * 8 if rng.random() < 0.5 else LONG_ZH * 16) + str(i)
 
     if kind == "short":
         return [f"{rng.choice(SHORT)} {i}" for i in range(n)]
@@ -74,24 +79,27 @@ def rate(fn, texts: list[str], batch: int, min_s: float = 2.0, before_pass=None)
     return done / (time.perf_counter() - started)
 
 
+VARIANTS = ("plain", "bucketed", "bf16", "bf16+trunc256", "served+dedup", "int8+trunc256")
+
+
 def markdown(result: dict) -> str:
-    cols = ["plain", "bucketed", "int8", "int8+trunc128", "int8+dedup"]
+    cos = result["min_cosine"]
     lines = [
-        f"Posts/s with torch threads = {result['threads']}; ratios against `plain` (fp32, padded "
-        "batch) measured in the same run. int8 min cosine to fp32: "
-        + ", ".join(f"{k} {v}" for k, v in _cosines(result).items()) + ".",
+        f"Posts/s with torch threads = {result['threads']}; ratios against `plain` (fp32, the "
+        "batch padded to its longest post, 512 tokens) measured in the same run. Min cosine to "
+        "fp32 at the same length: bf16 "
+        + ", ".join(f"{k} {v['bf16']}" for k, v in cos.items())
+        + "; int8 " + ", ".join(f"{k} {v['int8']}" for k, v in cos.items()) + ".",
         "",
-        "| posts | median tokens | batch | plain posts/s | " + " | ".join(f"{c} x" for c in cols[1:]) + " |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in cols[1:]) + " |",
-    ]
+        "| posts | tokens (min-median) | batch | plain posts/s | "
+        + " | ".join(f"{c} x" for c in VARIANTS[1:]) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in VARIANTS[1:]) + " |",
+    ]  # fmt: skip
     for r in result["rows"]:
-        ratios = " | ".join(f"{r[c] / r['plain']:.2f}" for c in cols[1:])
-        lines.append(f"| {r['posts']} | {r['median_tokens']} | {r['batch']} | {r['plain']:.1f} | {ratios} |")
+        ratios = " | ".join(f"{r[c] / r['plain']:.2f}" for c in VARIANTS[1:])
+        lines.append(f"| {r['posts']} | {r['min_tokens']}-{r['median_tokens']} | {r['batch']} | "
+                     f"{r['plain']:.1f} | {ratios} |")  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def _cosines(result: dict) -> dict:
-    return result.get("int8_cosine") or {r["posts"]: r["int8_min_cosine"] for r in result["rows"]}
 
 
 def write_card(result: dict, card: Path) -> None:
@@ -121,34 +129,44 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     model_dir = get_settings().resolved_model_dir
-    fp32 = Encoder(model_dir, max_length=256, threads=args.threads)
-    int8 = Encoder(model_dir, max_length=256, threads=args.threads, quantize=True)
-    int8_128 = Encoder(model_dir, max_length=128, threads=args.threads, quantize=True)
+
+    def encoder(precision: str, max_length: int) -> Encoder:
+        return Encoder(model_dir, max_length=max_length, threads=args.threads, precision=precision)
+
+    fp32, bf16, served = encoder("fp32", 512), encoder("bf16", 512), encoder("bf16", 256)
+    int8, int8_512 = encoder("int8", 256), encoder("int8", 512)
     rng = random.Random(3)
-    results = []
-    cosines = {}
+    results, cosines = [], {}
     for kind in ("short", "long", "mixed"):
         texts = posts(kind, 256, rng)
-        tokens = [len(x) for x in fp32.tokenizer(["query: " + t for t in texts])["input_ids"]]
-        quality = float(np.min(np.sum(fp32.embed(texts[:64]) * int8.embed(texts[:64]), axis=1)))
-        cosines[kind] = round(quality, 4)
+        tokens = fp32.token_lengths(texts, prefix="query: ")
+        if kind == "long":
+            assert min(tokens) >= 256, f"long posts must be >= 256 tokens, shortest {min(tokens)}"
+        reference = fp32.embed(texts[:64])
+        cosines[kind] = {
+            name: round(float(np.min(np.sum(reference * enc.embed(texts[:64]), axis=1))), 4)
+            for name, enc in (("bf16", bf16), ("int8", int8_512))
+        }
         # a spam flood: 30 % of posts repeat an earlier one exactly
         dupes = [rng.choice(texts[: max(i, 1)]) if rng.random() < 0.3 else t for i, t in enumerate(texts)]
+        runs = {
+            "plain": (lambda t: plain_forward(fp32, t), texts, None),
+            "bucketed": (fp32.embed, texts, None),
+            "bf16": (bf16.embed, texts, None),
+            "bf16+trunc256": (served.embed, texts, None),
+            "served+dedup": (lambda t: served.embed(t, use_cache=True), dupes, served.clear_cache),
+            "int8+trunc256": (int8.embed, texts, None),
+        }
         for b in (int(x) for x in args.batches.split(",")):
-            row = {"posts": kind, "median_tokens": int(np.median(tokens)), "batch": b}
-            row["plain"] = rate(lambda t: plain_forward(fp32, t), texts, b, args.min_seconds)
-            row["bucketed"] = rate(fp32.embed, texts, b, args.min_seconds)
-            row["int8"] = rate(int8.embed, texts, b, args.min_seconds)
-            row["int8+trunc128"] = rate(int8_128.embed, texts, b, args.min_seconds)
-            row["int8+dedup"] = rate(lambda t: int8.embed(t, use_cache=True), dupes, b,
-                                     args.min_seconds, before_pass=int8.clear_cache)  # fmt: skip
-            row["int8_min_cosine"] = round(quality, 4)
+            row = {"posts": kind, "min_tokens": min(tokens), "median_tokens": int(np.median(tokens)),
+                   "batch": b}  # fmt: skip
+            for name, (fn, feed, reset) in runs.items():
+                row[name] = rate(fn, feed, b, args.min_seconds, before_pass=reset)
             results.append(row)
-            print(f"{kind:5s} b={b:<4d} plain {row['plain']:7.1f}/s  bucketed x{row['bucketed'] / row['plain']:.2f}  "
-                  f"int8 x{row['int8'] / row['plain']:.2f}  +trunc128 x{row['int8+trunc128'] / row['plain']:.2f}  "
-                  f"+dedup x{row['int8+dedup'] / row['plain']:.2f}  "
-                  f"(int8 cos >= {quality:.4f})", flush=True)  # fmt: skip
-    result = {"threads": args.threads, "rows": results, "int8_cosine": cosines}
+            print(f"{kind:5s} b={b:<4d} plain {row['plain']:7.1f}/s  "
+                  + "  ".join(f"{v} x{row[v] / row['plain']:.2f}" for v in VARIANTS[1:]),
+                  flush=True)  # fmt: skip
+    result = {"threads": args.threads, "rows": results, "min_cosine": cosines}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -425,7 +425,8 @@ def open_cache(
     *,
     progress: bool | None = None,
 ) -> EmbeddingCache:
-    """The cache under ``<data dir>/cache/embeddings`` for the configured model (lazy)."""
+    """The cache under ``<data dir>/cache/embeddings`` for the configured model and
+    precision, so that a backtest scores what the worker would (lazy)."""
     from service.config import Settings
 
     settings = Settings()
@@ -434,6 +435,7 @@ def open_cache(
         Path(model_dir) if model_dir else settings.resolved_model_dir,
         max_length=settings.max_length_tokens,
         threads=settings.torch_threads,
+        precision=settings.precision,
         progress=progress,
     )
 

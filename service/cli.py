@@ -1,4 +1,4 @@
-"""CLI: `floodgate serve | api | worker | model build | policy check | policy schema`."""
+"""CLI: `floodgate serve | api | worker | model build|train|eval|lexicon | policy ... | replay`."""
 
 from __future__ import annotations
 
@@ -197,6 +197,33 @@ def model_train(
     typer.echo(
         json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
     )
+
+
+@model_app.command("lexicon")
+def model_lexicon(
+    out: Path = typer.Option(None, help="where to write the keyword lists (default: policies/lists)"),
+    as_json: Path = typer.Option(None, "--json", help="also write the selection report here"),
+) -> None:
+    """Keyword lists from the Chinese lexicon, keeping the terms the labelled data allows."""
+    from service.classifier import lexicon
+    from service.classifier.datasets import load_examples
+    from service.config import REPO_ROOT
+
+    try:
+        selections = lexicon.select(load_examples(cap_per_label=None))
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for path in lexicon.write_lists(selections, out or REPO_ROOT / "policies" / "lists"):
+        typer.echo(f"wrote {path}")
+    report = lexicon.summary(selections)
+    for row in report:
+        typer.echo(f"{row['list']} ({row['category']}): read {row['read']}, too short "
+                   f"{row['too_short']}, dropped for hits on negatives "
+                   f"{row['dropped_for_negatives']}, kept {row['kept']} "
+                   f"({row['kept_seen_on_positives']} seen on positives)")  # fmt: skip
+    if as_json:
+        as_json.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", "utf-8")
 
 
 @model_app.command("eval")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,8 +49,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, description="worker processes started by serve")
     torch_threads: int = Field(default=0, ge=0, description="0 = let torch decide")
     max_length_tokens: int = Field(default=256, ge=16, le=512)
-    # dynamic int8 quantisation of the encoder (faster; see models/README.md for quality)
-    quantize: bool = False
+    # encoder arithmetic: auto = bf16 where the CPU has bf16 units (AMX, AVX512-BF16), else
+    # fp32; int8 = dynamic quantisation (faster, but the heads refuse it: models/README.md)
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     # exact-duplicate texts remembered by each worker (spam floods repeat): ~1.5 kB each
     embedding_cache_size: int = Field(default=20_000, ge=0)
 

@@ -94,7 +94,7 @@ class Moderator:
             settings.resolved_model_dir,
             max_length=settings.max_length_tokens,
             threads=settings.torch_threads,
-            quantize=settings.quantize,
+            precision=settings.precision,
             cache_size=settings.embedding_cache_size,
         )
         heads = None

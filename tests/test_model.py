@@ -110,9 +110,41 @@ def test_duplicate_texts_are_embedded_once_and_cached(model_dir):
     assert len(enc._cache) == 3  # bounded: the least recently used entry went
 
 
+TEXTS = ["hello from America", "加微信领取免费福利", "I will hurt you", "我們今天去台北",
+         "those people are vermin and should be thrown out", "同城约炮，私聊看裸照"]  # fmt: skip
+
+
 def test_int8_encoder_is_close_to_fp32_and_says_so_in_its_version(model_dir):
-    fp32, int8 = Encoder(model_dir), Encoder(model_dir, quantize=True)
-    texts = ["hello from America", "加微信领取免费福利", "I will hurt you", "我們今天去台北"]
-    cos = np.sum(fp32.embed(texts) * int8.embed(texts), axis=1)
+    fp32, int8 = Encoder(model_dir), Encoder(model_dir, precision="int8")
+    cos = np.sum(fp32.embed(TEXTS) * int8.embed(TEXTS), axis=1)
     assert cos.min() > 0.95
     assert int8.version == fp32.version + "-int8"
+
+
+def test_bf16_encoder_serves_the_trained_heads_with_fp32_scores(model_dir):
+    from service.classifier.heads import HeadsMismatch, TrainedHeads
+
+    fp32, bf16 = Encoder(model_dir), Encoder(model_dir, precision="bf16")
+    assert bf16.version == fp32.version + "-bf16"
+    a, b = fp32.embed(TEXTS, prefix="query: "), bf16.embed(TEXTS, prefix="query: ")
+    assert b.dtype == np.float32 and np.sum(a * b, axis=1).min() > 0.999
+    heads = TrainedHeads(encoder_version=bf16.version)  # accepted
+    langs = ["en", "zh", "en", "zh", "en", "zh"]
+    diff = np.abs(heads.probabilities(a, langs) - heads.probabilities(b, langs))
+    assert diff.max() < 0.02
+    with pytest.raises(HeadsMismatch, match="int8"):
+        TrainedHeads(encoder_version=fp32.version + "-int8")
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    from service.classifier import encoder
+
+    monkeypatch.setattr(encoder, "cpu_has_bf16", lambda: True)
+    assert encoder.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(encoder, "cpu_has_bf16", lambda: False)
+    assert encoder.resolve_precision("auto") == "fp32"
+    assert encoder.resolve_precision("int8") == "int8"
+    with pytest.raises(ValueError, match="precision"):
+        encoder.resolve_precision("fp8")
+    assert encoder.split_version("e5a63fd821d9-bf16") == ("e5a63fd821d9", "bf16")
+    assert encoder.split_version("e5a63fd821d9") == ("e5a63fd821d9", "fp32")

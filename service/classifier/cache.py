@@ -125,20 +125,29 @@ class EmbeddingCache:
         version: str | None = None,
         max_length: int = 256,
         threads: int = 0,
+        precision: str = "fp32",
         progress: bool | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._encoder = None
         self._factory: Callable[[], Any] | None = None
+        self.model_dir: Path | None = None  # set when the cache loads the encoder itself
+        self.threads = threads
         if isinstance(encoder, str | Path):
-            model_dir = Path(encoder)
-            self.version = version or encoder_version(model_dir)
+            from service.classifier.encoder import resolve_precision
+
+            model_dir = self.model_dir = Path(encoder)
+            precision = resolve_precision(precision)
+            suffix = "" if precision == "fp32" else f"-{precision}"
+            self.version = version or encoder_version(model_dir) + suffix
             self.max_length = max_length
 
             def load() -> Any:
                 from service.classifier.encoder import Encoder
 
-                return Encoder(model_dir, max_length=max_length, threads=threads)
+                return Encoder(
+                    model_dir, max_length=max_length, threads=threads, precision=precision
+                )
 
             self._factory = load
         elif callable(encoder) and not hasattr(encoder, "embed"):
@@ -158,6 +167,13 @@ class EmbeddingCache:
         self._detector = detector_version()
         self.hits = self.misses = self.computed = self.encoder_calls = 0
         self.language_hits = self.language_computed = 0
+
+    def variant(self, *, precision: str, max_length: int) -> EmbeddingCache:
+        """A sibling cache (same directory and model) for other arithmetic or truncation."""
+        if self.model_dir is None:
+            raise ValueError("only a cache built from a model directory has variants")
+        return EmbeddingCache(self.directory, self.model_dir, max_length=max_length,
+                              threads=self.threads, precision=precision, progress=self.progress)  # fmt: skip
 
     # -- the encoder, loaded on demand -------------------------------------------------
 

@@ -25,6 +25,38 @@ class ModelNotBuilt(RuntimeError):
     pass
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); without it,
+    torch emulates bf16 and it is slower than fp32. Reads /proc/cpuinfo where there is one
+    (no torch import: a warm backtest never loads torch)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = set(cpuinfo.read_text(errors="replace").split())
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> bf16 where the CPU has bf16 units, else fp32."""
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {PRECISIONS}, not {precision!r}")
+    return precision
+
+
+def split_version(version: str) -> tuple[str, str]:
+    """"e5a63fd821d9-bf16" -> ("e5a63fd821d9", "bf16"); no suffix means fp32."""
+    base, _, precision = version.partition("-")
+    return base, precision or "fp32"
+
+
 class Encoder:
     """Batched, padding-aware forward pass of the e5 encoder on the CPU."""
 
@@ -34,7 +66,7 @@ class Encoder:
         *,
         max_length: int = 256,
         threads: int = 0,
-        quantize: bool = False,
+        precision: str = "fp32",
         cache_size: int = 20_000,
     ) -> None:
         import torch
@@ -58,7 +90,11 @@ class Encoder:
         self.model = BertModel.from_pretrained(
             model_dir, local_files_only=True, add_pooling_layer=False
         ).eval()
-        if quantize:
+        self.precision = precision = resolve_precision(precision)
+        if precision == "bf16":
+            # weights and activations in bfloat16 (AMX / AVX512-BF16 matmuls); pooling in fp32
+            self.model = self.model.to(torch.bfloat16)
+        elif precision == "int8":
             # int8 weights for every Linear layer, activations quantised on the fly
             import warnings
 
@@ -67,7 +103,6 @@ class Encoder:
                 self.model = torch.ao.quantization.quantize_dynamic(
                     self.model, {torch.nn.Linear}, dtype=torch.qint8
                 )
-        self.quantized = quantize
         # exact duplicates (spam floods repeat themselves) are embedded once
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = cache_size
@@ -79,8 +114,9 @@ class Encoder:
             else hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
         )
         self.dim = self.model.config.hidden_size
-        if quantize:
-            self.version += "-int8"  # different numbers: heads and caches must tell them apart
+        if precision != "fp32":
+            # different numbers: caches and heads must tell them apart (see split_version)
+            self.version += f"-{precision}"
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -145,7 +181,7 @@ class Encoder:
                 )
                 hidden = self.model(
                     input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-                ).last_hidden_state
+                ).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)

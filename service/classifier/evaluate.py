@@ -104,15 +104,97 @@ def xstest(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
     }
 
 
-def held_out(cache, heads: TrainedHeads) -> dict:
-    examples = [e for e in load_examples(cap_per_label=heads.manifest["settings"]["cap_per_label"])
-                if e.split == "test"]  # fmt: skip
+def _test_split(heads: TrainedHeads) -> list:
+    cap = heads.manifest["settings"]["cap_per_label"]
+    return [e for e in load_examples(cap_per_label=cap) if e.split == "test"]
+
+
+def _held_out_probs(cache, heads: TrainedHeads, examples: list) -> np.ndarray:
+    """Probabilities in OUTPUTS order for the test split."""
     emb = cache.embed([e.text for e in examples], prefix="query: ")
-    langs = np.array([e.language for e in examples])
-    probs = heads.probabilities(emb, list(langs))
+    probs = heads.probabilities(emb, [e.language for e in examples])
+    return probs[:, [heads.outputs.index(o) for o in OUTPUTS]]
+
+
+def held_out(cache, heads: TrainedHeads, examples: list | None = None) -> dict:
+    examples = examples if examples is not None else _test_split(heads)
+    probs = _held_out_probs(cache, heads, examples)
     y, m = targets(examples)
-    order = [heads.outputs.index(o) for o in OUTPUTS]
-    return split_metrics(probs[:, order], y, m, langs, heads.thresholds)
+    langs = np.array([e.language for e in examples])
+    return split_metrics(probs, y, m, langs, heads.thresholds)
+
+
+# (precision, max_length): the reference the heads were trained on, what the worker serves,
+# no truncation at all, and a shorter truncation
+SERVING_VARIANTS = (("fp32", 256), ("bf16", 256), ("fp32", 512), ("bf16", 128))
+
+
+def serving_variants(cache, heads: TrainedHeads, examples: list, log=print) -> dict:
+    """Test-split AUPRC per category (all languages) for each encoder precision x
+    truncation, with the same heads: what bf16 and truncation cost."""
+    y, m = targets(examples)
+    langs = np.array([e.language for e in examples])
+    out = {}
+    for precision, max_length in SERVING_VARIANTS:
+        log(f"  {precision}, {max_length} tokens ...")
+        variant = cache.variant(precision=precision, max_length=max_length)
+        metrics = split_metrics(_held_out_probs(variant, heads, examples), y, m, langs,
+                                heads.thresholds)  # fmt: skip
+        out[f"{precision}@{max_length}"] = {c: metrics[c]["all"]["auprc"] for c in metrics}
+    return out
+
+
+# A lexicon hit counts when the category's score is at least this (the default policy's
+# lexicon rules use the same number; a test keeps them equal): a term alone, unseen in the
+# training data, is weak evidence on a lifestyle platform where "本店" or "美腿" are ordinary.
+LEXICON_MIN_SCORE = 0.2
+
+
+def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, policy_path: Path) -> dict:
+    """Per lexicon list: the model alone, the lexicon alone, and the two combined, on the
+    test split (precision, recall, F1, false flags); plus the lexicon's hits on every
+    negative of the uncapped test split."""
+    from service.classifier import lexicon
+    from service.policy import load_policy
+    from service.policy.text import collapse, fold
+
+    lp = load_policy(policy_path)
+    y, m = targets(examples)
+    langs = np.array([e.language for e in examples])
+    everything = [e for e in load_examples(cap_per_label=None) if e.split == "test"]
+
+    def hits(matcher, items) -> np.ndarray:
+        return np.array([bool(matcher.find(f, collapse(f))) for f in (fold(e.text) for e in items)])
+
+    out = {}
+    for lst in lexicon.LISTS:
+        matcher = lp.matchers.get(lst.name)
+        if matcher is None:
+            continue
+        j = OUTPUTS.index(lst.category)
+        hit, score = hits(matcher, examples), probs[:, j]
+        model = score >= heads.thresholds[lst.category]
+        ways = {"model": model, "lexicon": hit, "model or lexicon": model | hit,
+                "combined": model | (hit & (score >= LEXICON_MIN_SCORE))}  # fmt: skip
+        rows = {}
+        for lang in ("zh", "all"):
+            keep = (m[:, j] > 0) & ((langs == lang) if lang != "all" else True)
+            truth = y[keep, j] > 0
+            rows[lang] = {"n": int(keep.sum()), "positives": int(truth.sum())}
+            for name, flagged in ways.items():
+                f = flagged[keep]
+                tp, fp = int((f & truth).sum()), int((f & ~truth).sum())
+                precision = tp / (tp + fp) if tp + fp else None
+                recall = tp / truth.sum() if truth.sum() else None
+                f1 = (2 * precision * recall / (precision + recall)
+                      if precision and recall else 0.0 if recall is not None else None)  # fmt: skip
+                rows[lang][name] = {"precision": precision, "recall": recall, "f1": f1,
+                                    "false_flags": fp}  # fmt: skip
+        negatives = [e for e in everything if lexicon._is_negative(e, lst.category)]
+        out[lst.name] = {"category": lst.category, "splits": rows,
+                         "uncapped_negatives": len(negatives),
+                         "uncapped_negative_hits": int(hits(matcher, negatives).sum())}  # fmt: skip
+    return out
 
 
 def policy_thresholds(heads: TrainedHeads, policy_path: Path) -> dict[str, float]:
@@ -130,14 +212,22 @@ def evaluate(
     write_card: bool = True,
     log=print,
     policy_path: Path = REPO_ROOT / "policies" / "default.yaml",
+    variants: bool = True,
 ) -> dict:
     heads = TrainedHeads(heads_dir, encoder_version=cache.version)
     # judge the model at the thresholds the default policy applies (calibrated: one number
     # for both languages), not at the F1-optimal ones found in training
     heads.thresholds = policy_thresholds(heads, policy_path)
     log("held-out test split ...")
+    examples = _test_split(heads)
     result = {"heads_version": heads.version, "thresholds": heads.thresholds,
-              "held_out": held_out(cache, heads)}  # fmt: skip
+              "held_out": held_out(cache, heads, examples)}  # fmt: skip
+    log("lexicon rules ...")
+    result["lexicon"] = lexicon_effect(heads, examples, _held_out_probs(cache, heads, examples),
+                                       policy_path)  # fmt: skip
+    if variants and getattr(cache, "model_dir", None) is not None:
+        log("serving variants (precision x truncation) ...")
+        result["serving_variants"] = serving_variants(cache, heads, examples, log)
     trained = heads.manifest.get("metrics", {})
     if "without_seeds" in trained:
         result["seeds_ablation"] = {"with": trained["test"], "without": trained["without_seeds"]}
@@ -180,6 +270,39 @@ def tables(result: dict) -> str:
             for lang, r in rows.items():
                 other = without.get(name, {}).get(lang, {}).get("auprc")
                 lines.append(f"| {name} | {lang} | {_f(r['auprc'])} | {_f(other)} |")
+    if "serving_variants" in result:
+        sv = result["serving_variants"]
+        names = list(sv)
+        lines += ["", "### Serving variants: encoder precision x truncation (test split, AUPRC)",
+                  "", "The same heads on embeddings computed four ways. The heads were trained on "
+                  "fp32 at 256 tokens; the worker serves bf16 at 256 where the CPU has bf16 units.",
+                  "", "| category | " + " | ".join(names) + " |",
+                  "| --- | " + " | ".join("---" for _ in names) + " |"]  # fmt: skip
+        for cat in sv[names[0]]:
+            lines.append(f"| {cat} | " + " | ".join(_f(sv[n][cat]) for n in names) + " |")
+        ref = sv[names[0]]
+        lines.append("| largest loss vs " + names[0] + " | " + " | ".join(
+            _f(max(ref[c] - sv[n][c] for c in ref if ref[c] is not None)) for n in names) + " |")
+    if result.get("lexicon"):
+        lines += ["", "### What the lexicon adds (test split)", "",
+                  "Keyword lists selected from the Sensitive-lexicon by `floodgate model lexicon`. "
+                  f"*combined* = model, or a lexicon hit with the category's score >= "
+                  f"{LEXICON_MIN_SCORE} (the default policy's lexicon rules). Cells: F1 "
+                  "(precision / recall), and false flags.", "",
+                  "| list | category | language | n | positives | model | lexicon | model or lexicon "
+                  "| combined |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+
+        def cell(r: dict) -> str:
+            return f"{_f(r['f1'])} ({_f(r['precision'])} / {_f(r['recall'])}), {r['false_flags']} ff"
+
+        for name, lx in result["lexicon"].items():
+            for lang, r in lx["splits"].items():
+                lines.append(f"| {name} | {lx['category']} | {lang} | {r['n']} | {r['positives']} | "
+                             + " | ".join(cell(r[w]) for w in ("model", "lexicon", "model or lexicon",
+                                                               "combined")) + " |")  # fmt: skip
+        lines += ["", "Lexicon hits on every negative of the uncapped test split: " + "; ".join(
+            f"{n} {lx['uncapped_negative_hits']} of {lx['uncapped_negatives']:,}"
+            for n, lx in result["lexicon"].items()) + "."]
     hc = result["hatecheck"]
     lines += ["", "### HateCheck (English functional tests)", "",
               f"Accuracy: **{hc['floodgate']['accuracy']:.3f}** (Perspective on the same cases: "

@@ -1,7 +1,10 @@
 """Trained category heads at serving time: embeddings + languages -> calibrated probabilities.
 
 Reads what `floodgate model train` wrote into models/heads/ (heads.safetensors and
-heads.json). The heads were trained on one encoder; loading them beside another is refused.
+heads.json). The heads were trained on one encoder's fp32 embeddings; loading them beside
+another encoder is refused, and so is the int8 encoder, whose embeddings are too far off
+(it costs up to 10 AUPRC points). bf16 is accepted: `floodgate model eval` measures the
+heads on bf16 embeddings too, and the card shows the difference (< 1 point).
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.classifier.encoder import split_version
 from service.classifier.train import apply_calibration
 from service.config import REPO_ROOT
 
 HEADS_DIR = REPO_ROOT / "models" / "heads"
+# encoder arithmetic the heads accept beside the fp32 they were trained on (see the card)
+ACCEPTED_PRECISIONS = ("fp32", "bf16")
 
 
 class HeadsMismatch(RuntimeError):
@@ -29,11 +35,19 @@ class TrainedHeads:
         from service.classifier.train import TrainSettings, _head
 
         manifest = json.loads((Path(directory) / "heads.json").read_text("utf-8"))
-        if encoder_version and manifest["encoder_version"] != encoder_version:
-            raise HeadsMismatch(
-                f"heads in {directory} were trained on encoder {manifest['encoder_version']}, "
-                f"not {encoder_version}: run `floodgate model train`"
-            )
+        if encoder_version:
+            base, precision = split_version(encoder_version)
+            if manifest["encoder_version"] != base:
+                raise HeadsMismatch(
+                    f"heads in {directory} were trained on encoder "
+                    f"{manifest['encoder_version']}, not {base}: run `floodgate model train`"
+                )
+            if precision not in ACCEPTED_PRECISIONS:
+                raise HeadsMismatch(
+                    f"heads in {directory} do not accept {precision} embeddings (they lose "
+                    f"quality, see models/README.md); use precision "
+                    f"{' or '.join(ACCEPTED_PRECISIONS)}"
+                )
         settings = TrainSettings(**{**TrainSettings().__dict__, **manifest["settings"]})
         self.head = _head(manifest["architecture"]["input"], settings)
         self.head.load_state_dict(load_file(str(Path(directory) / "heads.safetensors")))
