@@ -88,8 +88,8 @@ def markdown(result: dict) -> str:
         f"Posts/s with torch threads = {result['threads']}; ratios against `plain` (fp32, the "
         "batch padded to its longest post, 512 tokens) measured in the same run. Min cosine to "
         "fp32 at the same length: bf16 "
-        + ", ".join(f"{k} {v['bf16']}" for k, v in cos.items())
-        + "; int8 " + ", ".join(f"{k} {v['int8']}" for k, v in cos.items()) + ".",
+        + ", ".join(f"{k} {v['bf16']:.4f}" for k, v in cos.items())
+        + "; int8 " + ", ".join(f"{k} {v['int8']:.4f}" for k, v in cos.items()) + ".",
         "",
         "| posts | tokens (min-median) | batch | plain posts/s | "
         + " | ".join(f"{c} x" for c in VARIANTS[1:]) + " |",

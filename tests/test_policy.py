@@ -351,7 +351,8 @@ def test_default_policy_loads(default_policy: LoadedPolicy) -> None:
     assert p.markets == ["cn", "intl"]
     assert p.default_market == "cn"
     assert {"hate", "self_harm", "scam_spam"} <= set(p.categories)
-    assert {"scam_contact", "gambling_terms", "drug_terms"} == set(default_policy.matchers)
+    assert {"scam_contact", "gambling_terms", "drug_terms", "lexicon_sexual", "lexicon_ads",
+            "lexicon_weapons"} == set(default_policy.matchers)
     ids = [r.id for r in p.rules]
     assert len(ids) == len(set(ids))
     assert default_policy.source == str(DEFAULT_POLICY)
@@ -384,6 +385,13 @@ DEFAULT_CASES = [
     pytest.param(
         zh(scores={"hate": 0.49}), {"cn": "allow", "intl": "allow"}, set(), None, id="zh-hate-below"
     ),
+    # a lexicon term counts only with some model support (score >= 0.2, below threshold)
+    pytest.param(zh("寂寞女在线裸聊，私聊我", scores={"sexual": 0.3}),
+                 {"cn": "review", "intl": "review"}, set(), "review:zh", id="zh-lexicon-sexual"),
+    pytest.param(zh("寂寞女在线裸聊，私聊我", scores={"sexual": 0.1}),
+                 {"cn": "allow", "intl": "allow"}, set(), None, id="zh-lexicon-without-model"),
+    pytest.param(zh("今天的美腿穿搭分享", scores={"sexual": 0.3}),
+                 {"cn": "allow", "intl": "allow"}, set(), None, id="zh-dropped-lexicon-term"),
     pytest.param(
         en(scores={"hate": 0.9}, market="intl"),
         {"cn": "limit_reach", "intl": "limit_reach"},

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from service.classifier.datasets import CATEGORIES, Example, load_examples, summary
+from service.classifier.encoder import split_version
 from service.config import REPO_ROOT
 
 OUTPUTS = (*CATEGORIES, "benign")
@@ -299,7 +300,9 @@ def train(
     digest.update(json.dumps([calibration, thresholds], sort_keys=True).encode())
     manifest = {
         "version": digest.hexdigest()[:12],
-        "encoder_version": cache.version,
+        # the encoder, and the arithmetic its training embeddings were computed in
+        "encoder_version": split_version(cache.version)[0],
+        "encoder_precision": split_version(cache.version)[1],
         "prefix": "query: ",
         "outputs": list(OUTPUTS),
         "architecture": {"input": int(x.shape[1]), "hidden": s.hidden, "activation": "gelu"},
