@@ -436,6 +436,7 @@ def open_cache(
         max_length=settings.max_length_tokens,
         threads=settings.torch_threads,
         precision=settings.precision,
+        tuned_dir=settings.tuned_dir,
         progress=progress,
     )
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     # trained category heads (`floodgate model train`); None or a missing directory: zero-shot
     heads_dir: Path | None = REPO_ROOT / "models" / "heads"
+    # fine-tuned top layers laid over the base encoder (`floodgate model finetune`); unset or
+    # missing: the base encoder as converted
+    tuned_dir: Path | None = REPO_ROOT / "models" / "encoder"
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -95,6 +95,7 @@ class Moderator:
             max_length=settings.max_length_tokens,
             threads=settings.torch_threads,
             precision=settings.precision,
+            tuned_dir=settings.tuned_dir,
             cache_size=settings.embedding_cache_size,
         )
         heads = None

@@ -121,19 +121,57 @@ def test_int8_encoder_is_close_to_fp32_and_says_so_in_its_version(model_dir):
     assert int8.version == fp32.version + "-int8"
 
 
-def test_bf16_encoder_serves_the_trained_heads_with_fp32_scores(model_dir):
+def test_served_heads_give_the_same_scores_on_bf16_and_fp32_and_refuse_int8(model_dir):
+    from service.classifier.finetune import TUNED_DIR
     from service.classifier.heads import HeadsMismatch, TrainedHeads
 
-    fp32, bf16 = Encoder(model_dir), Encoder(model_dir, precision="bf16")
+    fp32 = Encoder(model_dir, tuned_dir=TUNED_DIR)
+    bf16 = Encoder(model_dir, precision="bf16", tuned_dir=TUNED_DIR)
     assert bf16.version == fp32.version + "-bf16"
     a, b = fp32.embed(TEXTS, prefix="query: "), bf16.embed(TEXTS, prefix="query: ")
     assert b.dtype == np.float32 and np.sum(a * b, axis=1).min() > 0.999
-    heads = TrainedHeads(encoder_version=bf16.version)  # accepted
+    heads = TrainedHeads(encoder_version=fp32.version)  # both are accepted
+    TrainedHeads(encoder_version=bf16.version)
     langs = ["en", "zh", "en", "zh", "en", "zh"]
     diff = np.abs(heads.probabilities(a, langs) - heads.probabilities(b, langs))
-    assert diff.max() < 0.02
+    assert diff.max() < 0.03
     with pytest.raises(HeadsMismatch, match="int8"):
         TrainedHeads(encoder_version=fp32.version + "-int8")
+    with pytest.raises(HeadsMismatch, match="trained on encoder"):
+        TrainedHeads(encoder_version=Encoder(model_dir).version)  # the base, not the tuned one
+
+
+def test_tuned_layers_replace_only_the_top_of_the_base_encoder(model_dir):
+    import json
+
+    from service.classifier.finetune import MANIFEST, TUNED_DIR
+
+    base, tuned = Encoder(model_dir), Encoder(model_dir, tuned_dir=TUNED_DIR)
+    info = json.loads((TUNED_DIR / MANIFEST).read_text())
+    assert tuned.version == f"{base.version}ft{info['version']}"
+    first, last = info["layers"][0], info["layers"][-1]
+    b, t = base.model.state_dict(), tuned.model.state_dict()
+    for name in b:
+        same = bool((b[name] == t[name]).all())
+        in_top = any(name.startswith(f"encoder.layer.{i}.") for i in range(first, last + 1))
+        assert same != in_top, name
+    cos = np.sum(base.embed(TEXTS) * tuned.embed(TEXTS), axis=1)
+    assert cos.max() < 0.999  # the tuned layers change the embedding
+
+
+def test_tuned_layers_of_another_base_encoder_are_refused(model_dir, tmp_path):
+    import json
+    import shutil
+
+    from service.classifier.encoder import ModelNotBuilt
+    from service.classifier.finetune import MANIFEST, TUNED_DIR, WEIGHTS
+
+    shutil.copy(TUNED_DIR / WEIGHTS, tmp_path / WEIGHTS)
+    info = json.loads((TUNED_DIR / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**info, "base_encoder": "0123456789ab"}))
+    with pytest.raises(ModelNotBuilt, match="fine-tuned from encoder 0123456789ab"):
+        Encoder(model_dir, tuned_dir=tmp_path)
+    assert Encoder(model_dir, tuned_dir=tmp_path / "none").version == Encoder(model_dir).version
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch):

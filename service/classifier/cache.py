@@ -41,18 +41,12 @@ def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def encoder_version(model_dir: Path) -> str:
-    """The version ``Encoder`` would report for ``model_dir``, without loading torch."""
-    model_dir = Path(model_dir)
-    manifest = model_dir / "floodgate-build.json"
-    if manifest.exists():
-        return json.loads(manifest.read_text())["weights_sha256"][:12]
-    weights = model_dir / "model.safetensors"
-    if not weights.exists():
-        from service.classifier.encoder import ModelNotBuilt
+def encoder_version(model_dir: Path, tuned_dir: Path | None = None) -> str:
+    """The version ``Encoder`` would report for ``model_dir`` (and tuned layers), without
+    loading torch."""
+    from service.classifier.encoder import encoder_version as version_of
 
-        raise ModelNotBuilt(f"no encoder in {model_dir}: run `floodgate model build` first")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return version_of(model_dir, tuned_dir)
 
 
 def detector_version() -> str:
@@ -126,6 +120,7 @@ class EmbeddingCache:
         max_length: int = 256,
         threads: int = 0,
         precision: str = "fp32",
+        tuned_dir: Path | None = None,
         progress: bool | None = None,
     ) -> None:
         self.directory = Path(directory)
@@ -133,21 +128,21 @@ class EmbeddingCache:
         self._factory: Callable[[], Any] | None = None
         self.model_dir: Path | None = None  # set when the cache loads the encoder itself
         self.threads = threads
+        self.tuned_dir = tuned_dir
         if isinstance(encoder, str | Path):
             from service.classifier.encoder import resolve_precision
 
             model_dir = self.model_dir = Path(encoder)
             precision = resolve_precision(precision)
             suffix = "" if precision == "fp32" else f"-{precision}"
-            self.version = version or encoder_version(model_dir) + suffix
+            self.version = version or encoder_version(model_dir, tuned_dir) + suffix
             self.max_length = max_length
 
             def load() -> Any:
                 from service.classifier.encoder import Encoder
 
-                return Encoder(
-                    model_dir, max_length=max_length, threads=threads, precision=precision
-                )
+                return Encoder(model_dir, max_length=max_length, threads=threads,
+                               precision=precision, tuned_dir=tuned_dir)  # fmt: skip
 
             self._factory = load
         elif callable(encoder) and not hasattr(encoder, "embed"):
@@ -173,7 +168,8 @@ class EmbeddingCache:
         if self.model_dir is None:
             raise ValueError("only a cache built from a model directory has variants")
         return EmbeddingCache(self.directory, self.model_dir, max_length=max_length,
-                              threads=self.threads, precision=precision, progress=self.progress)  # fmt: skip
+                              threads=self.threads, precision=precision,
+                              tuned_dir=self.tuned_dir, progress=self.progress)  # fmt: skip
 
     # -- the encoder, loaded on demand -------------------------------------------------
 

@@ -51,6 +51,33 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def encoder_version(model_dir: Path, tuned_dir: Path | None = None) -> str:
+    """The version an ``Encoder`` reports, without loading torch: the base weights' hash,
+    then ``ft`` and the tuned layers' hash when fine-tuned layers are laid over it (the
+    arithmetic suffix, e.g. ``-bf16``, is added by the encoder)."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / "floodgate-build.json"
+    weights = model_dir / "model.safetensors"
+    if manifest.exists():
+        base = json.loads(manifest.read_text())["weights_sha256"][:12]
+    elif weights.exists():
+        base = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    else:
+        raise ModelNotBuilt(f"no encoder in {model_dir}: run `floodgate model build` first")
+    if tuned_dir is None:
+        return base
+    from service.classifier.finetune import MANIFEST
+
+    tuned = Path(tuned_dir) / MANIFEST
+    if not tuned.exists():
+        return base
+    info = json.loads(tuned.read_text("utf-8"))
+    if info["base_encoder"] != base:
+        raise ModelNotBuilt(f"{tuned_dir} was fine-tuned from encoder {info['base_encoder']}, "
+                            f"not {base}: run `floodgate model finetune`")  # fmt: skip
+    return f"{base}ft{info['version']}"
+
+
 def split_version(version: str) -> tuple[str, str]:
     """"e5a63fd821d9-bf16" -> ("e5a63fd821d9", "bf16"); no suffix means fp32."""
     base, _, precision = version.partition("-")
@@ -68,6 +95,7 @@ class Encoder:
         threads: int = 0,
         precision: str = "fp32",
         cache_size: int = 20_000,
+        tuned_dir: Path | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer, BertModel
@@ -90,6 +118,11 @@ class Encoder:
         self.model = BertModel.from_pretrained(
             model_dir, local_files_only=True, add_pooling_layer=False
         ).eval()
+        self.version = encoder_version(model_dir, tuned_dir)
+        if tuned_dir is not None and "ft" in self.version:
+            from service.classifier.finetune import load_tuned
+
+            load_tuned(self.model, tuned_dir)  # the fine-tuned top layers over the base
         self.precision = precision = resolve_precision(precision)
         if precision == "bf16":
             # weights and activations in bfloat16 (AMX / AVX512-BF16 matmuls); pooling in fp32
@@ -107,12 +140,6 @@ class Encoder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_size = cache_size
         self.cache_hits = 0
-        manifest = model_dir / "floodgate-build.json"
-        self.version = (
-            json.loads(manifest.read_text())["weights_sha256"][:12]
-            if manifest.exists()
-            else hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
-        )
         self.dim = self.model.config.hidden_size
         if precision != "fp32":
             # different numbers: caches and heads must tell them apart (see split_version)
