@@ -1,10 +1,10 @@
 """Trained category heads at serving time: embeddings + languages -> calibrated probabilities.
 
 Reads what `floodgate model train` wrote into models/heads/ (heads.safetensors and
-heads.json). The heads were trained on one encoder's fp32 embeddings; loading them beside
-another encoder is refused, and so is the int8 encoder, whose embeddings are too far off
-(it costs up to 10 AUPRC points). bf16 is accepted: `floodgate model eval` measures the
-heads on bf16 embeddings too, and the card shows the difference (< 1 point).
+heads.json). The heads belong to the encoder they were fitted on (base weights and tuned
+layers, `encoder_version`); beside another one they are refused. Of the encoder's
+arithmetic, fp32 and bf16 are accepted (`floodgate model eval` measures the heads on both:
+within 0.003 AUPRC), int8 is refused (its embeddings cost up to 10 AUPRC points).
 """
 
 from __future__ import annotations

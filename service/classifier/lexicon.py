@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.classifier.datasets import SHARED_TRAIN, Example
+from service.policy.evaluate import term_pattern
 from service.policy.text import collapse, fold
 
 LEXICON_DIR = SHARED_TRAIN / "zh_lexicon_konsheng"
@@ -66,7 +67,6 @@ NOT_USED = {
 
 _LETTER = re.compile(r"[^\W\d_]")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
 
 
 @dataclass
@@ -118,10 +118,6 @@ def too_short(term: str) -> bool:
     return len(term) < 2
 
 
-def _latin_pattern(term: str) -> re.Pattern:
-    return re.compile(rf"(?<!{_LATIN_WORD}){re.escape(term)}(?!{_LATIN_WORD})")
-
-
 def _is_negative(ex: Example, category: str) -> bool:
     return not ex.labels or (category in ex.covers and category not in ex.labels)
 
@@ -130,7 +126,7 @@ def term_stats(terms: list[str], category: str, examples: Iterable[Example]) -> 
     """Hits of every term on positives and negatives of `category` (see the module doc)."""
     stats = {t: TermStats() for t in terms}
     cjk_terms = [t for t in terms if not t.isascii()]
-    latin = {t: _latin_pattern(t) for t in terms if t.isascii()}
+    latin = {t: re.compile(term_pattern(t)) for t in terms if t.isascii()}
     for ex in examples:
         positive = category in ex.labels
         if not positive and not _is_negative(ex, category):

@@ -18,6 +18,14 @@ if TYPE_CHECKING:
 _LATIN_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
 
 
+def term_pattern(term: str) -> str:
+    """The regex for one folded keyword term. Latin words match on word boundaries ("ass"
+    must not fire on "class"), a CJK neighbour counting as a boundary ("加我telegram"); CJK
+    has no spaces, so CJK terms match anywhere."""
+    escaped = re.escape(term)
+    return rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
+
+
 @dataclass(frozen=True)
 class KeywordMatcher:
     terms: tuple[str, ...]
@@ -26,15 +34,7 @@ class KeywordMatcher:
     @classmethod
     def build(cls, terms: list[str], regexes: list[str]) -> KeywordMatcher:
         terms = tuple(sorted({fold(t) for t in terms if fold(t).strip()}, key=len, reverse=True))
-        parts = []
-        for term in terms:
-            # Latin words match on word boundaries ("ass" must not fire on "class");
-            # CJK has no spaces, so CJK terms match anywhere.
-            escaped = re.escape(term)
-            # ("加我telegram": a CJK neighbour is a boundary, it is not part of the Latin word)
-            parts.append(
-                rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
-            )
+        parts = [term_pattern(term) for term in terms]
         parts += [f"(?:{r})" for r in regexes]
         return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
 
