@@ -67,7 +67,7 @@ def test_precise_terms_survive_a_few_negative_hits():
 
 def test_latin_terms_match_whole_words_only(root):
     examples = [_example("we are adults here"), _example("adult content escort girls", labels={"sexual"})]
-    stats = lexicon.term_stats(["adult", "escort girls"], "sexual", examples)
+    stats = lexicon.term_stats(["adult", "escort girls"], "sexual", lexicon.folded(examples))
     assert (stats["adult"].positive, stats["adult"].negative) == (1, 0)
     assert stats["escort girls"].positive == 1
 

@@ -130,12 +130,11 @@ class EmbeddingCache:
         self.threads = threads
         self.tuned_dir = tuned_dir
         if isinstance(encoder, str | Path):
-            from service.classifier.encoder import resolve_precision
+            from service.classifier.encoder import resolve_precision, with_precision
 
             model_dir = self.model_dir = Path(encoder)
             precision = resolve_precision(precision)
-            suffix = "" if precision == "fp32" else f"-{precision}"
-            self.version = version or encoder_version(model_dir, tuned_dir) + suffix
+            self.version = version or with_precision(encoder_version(model_dir, tuned_dir), precision)
             self.max_length = max_length
 
             def load() -> Any:

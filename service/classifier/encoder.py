@@ -12,6 +12,7 @@ import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ class ModelNotBuilt(RuntimeError):
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
+@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); without it,
     torch emulates bf16 and it is slower than fp32. Reads /proc/cpuinfo where there is one
@@ -78,6 +80,12 @@ def encoder_version(model_dir: Path, tuned_dir: Path | None = None) -> str:
     return f"{base}ft{info['version']}"
 
 
+def with_precision(version: str, precision: str) -> str:
+    """The version of an encoder running in `precision`: fp32 adds nothing, others
+    ``-bf16`` / ``-int8`` (different numbers: caches and heads must tell them apart)."""
+    return version if precision == "fp32" else f"{version}-{precision}"
+
+
 def split_version(version: str) -> tuple[str, str]:
     """"e5a63fd821d9-bf16" -> ("e5a63fd821d9", "bf16"); no suffix means fp32."""
     base, _, precision = version.partition("-")
@@ -118,11 +126,12 @@ class Encoder:
         self.model = BertModel.from_pretrained(
             model_dir, local_files_only=True, add_pooling_layer=False
         ).eval()
-        self.version = encoder_version(model_dir, tuned_dir)
-        if tuned_dir is not None and "ft" in self.version:
-            from service.classifier.finetune import load_tuned
+        weights_version = encoder_version(model_dir, tuned_dir)  # checks the tuned layers' base
+        if tuned_dir is not None:
+            from service.classifier.finetune import load_tuned, tuned_version
 
-            load_tuned(self.model, tuned_dir)  # the fine-tuned top layers over the base
+            if tuned_version(tuned_dir) is not None:
+                load_tuned(self.model, tuned_dir)  # the fine-tuned top layers over the base
         self.precision = precision = resolve_precision(precision)
         if precision == "bf16":
             # weights and activations in bfloat16 (AMX / AVX512-BF16 matmuls); pooling in fp32
@@ -141,9 +150,7 @@ class Encoder:
         self.cache_size = cache_size
         self.cache_hits = 0
         self.dim = self.model.config.hidden_size
-        if precision != "fp32":
-            # different numbers: caches and heads must tell them apart (see split_version)
-            self.version += f"-{precision}"
+        self.version = with_precision(weights_version, precision)
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -116,9 +116,10 @@ def _held_out_probs(cache, heads: TrainedHeads, examples: list) -> np.ndarray:
     return probs[:, [heads.outputs.index(o) for o in OUTPUTS]]
 
 
-def held_out(cache, heads: TrainedHeads, examples: list | None = None) -> dict:
+def held_out(cache, heads: TrainedHeads, examples: list | None = None,
+             probs: np.ndarray | None = None) -> dict:  # fmt: skip
     examples = examples if examples is not None else _test_split(heads)
-    probs = _held_out_probs(cache, heads, examples)
+    probs = probs if probs is not None else _held_out_probs(cache, heads, examples)
     y, m = targets(examples)
     langs = np.array([e.language for e in examples])
     return split_metrics(probs, y, m, langs, heads.thresholds)
@@ -158,15 +159,15 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
     negative of the uncapped test split."""
     from service.classifier import lexicon
     from service.policy import load_policy
-    from service.policy.text import collapse, fold
 
     lp = load_policy(policy_path)
     y, m = targets(examples)
     langs = np.array([e.language for e in examples])
-    everything = [e for e in load_examples(cap_per_label=None) if e.split == "test"]
+    capped = lexicon.folded(examples)
+    everything = lexicon.folded(e for e in load_examples(cap_per_label=None) if e.split == "test")
 
-    def hits(matcher, items) -> np.ndarray:
-        return np.array([bool(matcher.find(f, collapse(f))) for f in (fold(e.text) for e in items)])
+    def hits(matcher, items: list) -> np.ndarray:
+        return np.array([bool(matcher.find(*item.forms)) for item in items])
 
     out = {}
     for lst in lexicon.LISTS:
@@ -174,7 +175,7 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
         if matcher is None:
             continue
         j = OUTPUTS.index(lst.category)
-        hit, score = hits(matcher, examples), probs[:, j]
+        hit, score = hits(matcher, capped), probs[:, j]
         model = score >= heads.thresholds[lst.category]
         ways = {"model": model, "lexicon": hit, "model or lexicon": model | hit,
                 "combined": model | (hit & (score >= LEXICON_MIN_SCORE))}  # fmt: skip
@@ -192,7 +193,7 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
                       if precision and recall else 0.0 if recall is not None else None)  # fmt: skip
                 rows[lang][name] = {"precision": precision, "recall": recall, "f1": f1,
                                     "false_flags": fp}  # fmt: skip
-        negatives = [e for e in everything if lexicon._is_negative(e, lst.category)]
+        negatives = [f for f in everything if lexicon._is_negative(f.example, lst.category)]
         out[lst.name] = {"category": lst.category, "splits": rows,
                          "uncapped_negatives": len(negatives),
                          "uncapped_negative_hits": int(hits(matcher, negatives).sum())}  # fmt: skip
@@ -222,11 +223,11 @@ def evaluate(
     heads.thresholds = policy_thresholds(heads, policy_path)
     log("held-out test split ...")
     examples = _test_split(heads)
+    probs = _held_out_probs(cache, heads, examples)
     result = {"heads_version": heads.version, "thresholds": heads.thresholds,
-              "held_out": held_out(cache, heads, examples)}  # fmt: skip
+              "held_out": held_out(cache, heads, examples, probs)}  # fmt: skip
     log("lexicon rules ...")
-    result["lexicon"] = lexicon_effect(heads, examples, _held_out_probs(cache, heads, examples),
-                                       policy_path)  # fmt: skip
+    result["lexicon"] = lexicon_effect(heads, examples, probs, policy_path)
     if variants and getattr(cache, "model_dir", None) is not None:
         log("serving variants (precision x truncation) ...")
         result["serving_variants"] = serving_variants(cache, heads, examples, log)

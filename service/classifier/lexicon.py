@@ -122,19 +122,35 @@ def _is_negative(ex: Example, category: str) -> bool:
     return not ex.labels or (category in ex.covers and category not in ex.labels)
 
 
-def term_stats(terms: list[str], category: str, examples: Iterable[Example]) -> dict[str, TermStats]:
+@dataclass(frozen=True)
+class Folded:
+    """An example with the forms keyword matching reads, computed once for every list."""
+
+    example: Example
+    forms: tuple[str, str]  # folded, collapsed
+    cjk: bool
+
+
+def folded(examples: Iterable[Example]) -> list[Folded]:
+    out = []
+    for ex in examples:
+        f = fold(ex.text)
+        out.append(Folded(ex, (f, collapse(f)), bool(_CJK.search(f))))
+    return out
+
+
+def term_stats(terms: list[str], category: str, items: Iterable[Folded]) -> dict[str, TermStats]:
     """Hits of every term on positives and negatives of `category` (see the module doc)."""
     stats = {t: TermStats() for t in terms}
     cjk_terms = [t for t in terms if not t.isascii()]
     latin = {t: re.compile(term_pattern(t)) for t in terms if t.isascii()}
-    for ex in examples:
+    for item in items:
+        ex, forms = item.example, item.forms
         positive = category in ex.labels
         if not positive and not _is_negative(ex, category):
             continue
-        folded = fold(ex.text)
-        forms = (folded, collapse(folded))
         hits = [t for t, p in latin.items() if any(p.search(f) for f in forms)]
-        if _CJK.search(folded):
+        if item.cjk:
             hits += [t for t in cjk_terms if t in forms[0] or t in forms[1]]
         for t in hits:
             s = stats[t]
@@ -157,7 +173,7 @@ def select(
     examples: list[Example], root: Path = LEXICON_DIR, lists: tuple[LexiconList, ...] = LISTS
 ) -> list[Selection]:
     """Per list: the terms read, those too short to test, the hit counts, the kept terms."""
-    tested = [e for e in examples if e.split != "test"]
+    tested = folded(e for e in examples if e.split != "test")
     out = []
     for lst in lists:
         terms = read_terms(lst, root)

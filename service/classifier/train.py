@@ -294,6 +294,7 @@ def train(
         metrics["without_seeds"] = split_metrics(probs_pub, y[te], m[te], langs[te], thresholds)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    encoder_base, encoder_precision = split_version(cache.version)
     weights = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
     save_file(weights, str(out_dir / "heads.safetensors"))
     digest = hashlib.sha256((out_dir / "heads.safetensors").read_bytes())
@@ -301,8 +302,8 @@ def train(
     manifest = {
         "version": digest.hexdigest()[:12],
         # the encoder, and the arithmetic its training embeddings were computed in
-        "encoder_version": split_version(cache.version)[0],
-        "encoder_precision": split_version(cache.version)[1],
+        "encoder_version": encoder_base,
+        "encoder_precision": encoder_precision,
         "prefix": "query: ",
         "outputs": list(OUTPUTS),
         "architecture": {"input": int(x.shape[1]), "hidden": s.hidden, "activation": "gelu"},
