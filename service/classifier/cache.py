@@ -41,14 +41,6 @@ def _sha1(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def encoder_version(model_dir: Path, tuned_dir: Path | None = None) -> str:
-    """The version ``Encoder`` would report for ``model_dir`` (and tuned layers), without
-    loading torch."""
-    from service.classifier.encoder import encoder_version as version_of
-
-    return version_of(model_dir, tuned_dir)
-
-
 def detector_version() -> str:
     """Fingerprint of the language detector: its source file and lingua's version."""
     h = hashlib.sha1(Path(_language.__file__).read_bytes())
@@ -130,7 +122,12 @@ class EmbeddingCache:
         self.threads = threads
         self.tuned_dir = tuned_dir
         if isinstance(encoder, str | Path):
-            from service.classifier.encoder import resolve_precision, with_precision
+            # (the encoder module imports torch only when an Encoder is built)
+            from service.classifier.encoder import (
+                encoder_version,
+                resolve_precision,
+                with_precision,
+            )
 
             model_dir = self.model_dir = Path(encoder)
             precision = resolve_precision(precision)
