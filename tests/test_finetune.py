@@ -39,3 +39,26 @@ def test_finetune_is_repeatable_and_its_layers_load(model_dir, tmp_path):
     texts = [e.text for e in examples[:4]]
     cos = np.sum(base.embed(texts) * tuned.embed(texts), axis=1)
     assert cos.max() < 0.99999  # training moved the top layer
+
+
+def test_top_layers_on_cached_lower_states_equal_the_whole_encoder(model_dir):
+    """run_top (training) must compute what the served encoder computes: padding and the
+    attention mask included, on texts of different lengths in one batch."""
+    import torch
+
+    from service.classifier.finetune import lower_states, run_top
+
+    enc = Encoder(model_dir)
+    texts = ["hi", "今天天气很好，我们去公园散步吧，顺便买点水果回家", *(e.text for e in _examples()[:3])]
+    cut = enc.model.config.num_hidden_layers - 2
+    states = lower_states(enc, texts, cut, log=lambda *_: None)
+    assert [s.shape[0] for s in states] == enc.token_lengths(texts, prefix="query: ")
+    with torch.inference_mode():
+        top = run_top(enc.model, enc.model.encoder.layer[cut:], states).numpy()
+    whole = enc.embed(texts, prefix="query: ")
+    cos = np.sum(top * whole, axis=1)
+    # the lower states are kept in bf16, so equality holds to bf16 precision, not bit for bit
+    assert cos.min() > 0.999, cos
+    # and the padded short text is not polluted by its padding
+    alone = run_top(enc.model, enc.model.encoder.layer[cut:], states[:1]).detach().numpy()
+    assert float(np.sum(alone[0] * top[0])) > 0.99999

@@ -101,6 +101,7 @@ def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print
 def run_top(model, top, states: list):
     """Top layers + mean pooling + L2 norm on a batch of unpadded lower-layer outputs."""
     import torch
+    from transformers.masking_utils import create_bidirectional_mask
 
     n = max(s.shape[0] for s in states)
     hidden = torch.zeros(len(states), n, states[0].shape[1], dtype=torch.float32)
@@ -108,9 +109,9 @@ def run_top(model, top, states: list):
     for i, s in enumerate(states):
         hidden[i, : s.shape[0]] = s.float()
         mask[i, : s.shape[0]] = 1
-    ext, _ = model._create_attention_masks(attention_mask=mask, encoder_attention_mask=None,
-                                           embedding_output=hidden, encoder_hidden_states=None,
-                                           past_key_values=None)  # fmt: skip
+    # the public mask builder the model itself uses, for whatever attention implementation
+    # the config names (sdpa, eager); None when nothing is padded
+    ext = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
     for layer in top:
         hidden = layer(hidden, attention_mask=ext)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
