@@ -34,7 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
 from service.policy import PolicyError, load_policy
-from service.policy.parse import load_bundle, policy_files
+from service.policy.library import PolicyDirectory, PolicyRefused
+from service.policy.parse import LoadedPolicy, load_bundle, policy_files
 from service.queue import AsyncProducer, Keys
 from service.redisdb import connect, connect_async
 from service.schemas import (
@@ -45,8 +46,8 @@ from service.schemas import (
     Decision,
     Failed,
     Pending,
+    PolicySourceIn,
     PostIn,
-    ShadowIn,
 )
 from service.store import DecisionReader, PolicyRegistry, ShadowStats
 
@@ -187,16 +188,24 @@ def _policy_errors(exc: PolicyError) -> JSONResponse:
     return error_response(422, "invalid_policy", detail)
 
 
-def publish_file(registry: PolicyRegistry, path: Path, role: str = "live") -> dict:
-    """Validate the policy at `path` and make it the live (or shadow) version.
+def _refused(exc: PolicyRefused) -> JSONResponse:
+    detail = [{"field": exc.field, "message": exc.message, "type": "policy_refused"}]
+    return error_response(exc.status, "policy_refused", detail)
 
-    Raises PolicyError (with `check`'s file:line errors) and then changes nothing.
-    """
-    lp = load_policy(path)
+
+def publish(registry: PolicyRegistry, lp: LoadedPolicy, role: str = "live") -> dict:
+    """Make a validated policy the live (or shadow) version."""
     changed = registry.publish(lp.bundle(), lp.version, lp.name, role=role)
     if changed:
-        log.info("%s policy is now %s (%s, from %s)", role, lp.version, lp.name, path)
+        log.info("%s policy is now %s (%s, from %s)", role, lp.version, lp.name, lp.source)
     return {"role": role, "name": lp.name, "version": lp.version, "changed": changed}
+
+
+def publish_file(registry: PolicyRegistry, path: Path, role: str = "live") -> dict:
+    """Validate the policy at `path` (server configuration, never a client's path) and
+    publish it. Raises PolicyError (with `check`'s file:line errors) and then changes nothing.
+    """
+    return publish(registry, load_policy(path), role)
 
 
 def _publish_at_start(registry: PolicyRegistry, settings: Settings) -> None:
@@ -426,13 +435,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "watching": str(settings.policy_path) if settings.policy_watch else None,
         }
 
-    @app.post("/v1/policy/reload", tags=["policy"])
-    async def reload_policy() -> Any:
-        """Re-read the policy file; a valid one goes live, an invalid one is refused (422)."""
+    policy_dir = PolicyDirectory(settings.resolved_policy_dir)
+
+    def _load_source(body: PolicySourceIn) -> LoadedPolicy:
+        if body.name is not None:
+            return policy_dir.load(body.name)
+        return policy_dir.load_text(body.text or "")
+
+    async def _publish_source(body: PolicySourceIn | None, role: str) -> Any:
         try:
-            return await asyncio.to_thread(publish_file, state["registry"], settings.policy_path)
+            if body is None:
+                return await asyncio.to_thread(
+                    publish_file, state["registry"], settings.policy_path, role
+                )
+            lp = await asyncio.to_thread(_load_source, body)
+            return await asyncio.to_thread(publish, state["registry"], lp, role)
+        except PolicyRefused as exc:
+            return _refused(exc)
         except PolicyError as exc:
             return _policy_errors(exc)
+
+    @app.post("/v1/policy/reload", tags=["policy"])
+    async def reload_policy(body: PolicySourceIn | None = None) -> Any:
+        """Without a body, re-read the configured policy file; with one, publish the named
+        file of the policy directory or the uploaded text. A valid policy goes live, an
+        invalid one is refused (422 with file:line errors) and the live one stays."""
+        return await _publish_source(body, "live")
 
     @app.get("/v1/policy/versions", tags=["policy"])
     async def policy_history(limit: int = 100) -> list[dict]:
@@ -458,14 +486,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return bundle
 
     @app.post("/v1/policy/shadow", tags=["policy"])
-    async def start_shadow(body: ShadowIn) -> Any:
-        """Run a candidate policy beside the live one on every post; nothing it decides is applied."""
-        try:
-            return await asyncio.to_thread(
-                publish_file, state["registry"], Path(body.path), "shadow"
-            )
-        except PolicyError as exc:
-            return _policy_errors(exc)
+    async def start_shadow(body: PolicySourceIn) -> Any:
+        """Run a candidate policy beside the live one on every post; nothing it decides is
+        applied. The candidate is a file of the policy directory (`name`) or uploaded
+        (`text`); a name outside the directory is refused."""
+        return await _publish_source(body, "shadow")
 
     @app.delete("/v1/policy/shadow", tags=["policy"])
     async def stop_shadow() -> dict:

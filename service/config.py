@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("var")
     policy_path: Path = REPO_ROOT / "policies" / "default.yaml"
+    # the only directory whose policies clients may name (shadow, reload by name); unset:
+    # the directory of policy_path
+    policy_dir: Path | None = None
     # the API process watches the policy file (and the files it includes) and publishes a
     # valid edit as the new live version; an invalid edit is logged and changes nothing
     policy_watch: bool = True
@@ -66,6 +69,10 @@ class Settings(BaseSettings):
     stream_maxlen: int = Field(default=5_000_000, ge=1000)
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @property
+    def resolved_policy_dir(self) -> Path:
+        return self.policy_dir or self.policy_path.parent
 
     @property
     def resolved_model_dir(self) -> Path:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TEXT_CHARS = 10_000
 MAX_BATCH = 1_000
@@ -151,6 +151,26 @@ class Failed(BaseModel):
     error: str
 
 
-class ShadowIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(min_length=1, description="policy file on the server to run in shadow mode")
+class PolicySourceIn(BaseModel):
+    """A policy a client names (a file in the policy directory) or uploads; never a path."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "candidate.yaml"}, {"text": "name: candidate\n..."}]},
+    )
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="a policy file inside the server's policy directory, e.g. candidate.yaml",
+    )
+    text: str | None = Field(
+        default=None, min_length=1, description="the policy YAML itself; includes are read "
+        "from the policy directory",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one(self) -> PolicySourceIn:
+        if (self.name is None) == (self.text is None):
+            raise ValueError("give exactly one of name and text")
+        return self

@@ -165,8 +165,9 @@ def test_shadow_policy_is_recorded_not_applied(live, tmp_path):
     candidate = policy_copy(tmp_path / "cand", (LABEL_RULE, LIMIT_RULE))
     bad = tmp_path / "cand" / "bad.yaml"
     bad.write_text("name: x\nrules: []\n", "utf-8")
-    assert http.post("/v1/policy/shadow", json={"path": str(bad)}).status_code == 422
-    r = http.post("/v1/policy/shadow", json={"path": str(candidate)})
+    assert http.post("/v1/policy/shadow", json={"name": "cand/bad.yaml"}).status_code == 422
+    assert candidate == tmp_path / "cand" / "policy.yaml"  # named inside the policy directory
+    r = http.post("/v1/policy/shadow", json={"name": "cand/policy.yaml"})
     assert r.status_code == 200, r.text
     shadow_version = r.json()["version"]
     assert http.get("/v1/policy").json()["shadow"]["version"] == shadow_version
