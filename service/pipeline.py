@@ -41,13 +41,9 @@ class Job:
 def _account_age_days(post: PostIn, now: datetime) -> float | None:
     if post.author is None or post.author.created_at is None:
         return None
-    created = post.author.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
+    # PostIn keeps every time in UTC (schemas.Timestamp)
     at = post.created_at or now
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return max((at - created).total_seconds() / 86400, 0.0)
+    return max((at - post.author.created_at).total_seconds() / 86400, 0.0)
 
 
 def _scorer_key(lp: LoadedPolicy) -> str:

@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 MAX_TEXT_CHARS = 10_000
 MAX_BATCH = 1_000
 POST_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _MARKET = r"^[a-z][a-z0-9_-]{0,31}$"
+# the times a post or an account can really carry; outside them a timestamp is a bug or a
+# probe, and year 1 once crashed a worker converting a naive time through the local zone
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    """A naive time is read as UTC; every time is kept in UTC within [EARLIEST, LATEST)."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset is year 0 in UTC
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError(
+            f"time {value.isoformat()} is outside {EARLIEST.year}-01-01 .. {LATEST.year}-01-01"
+        )
+    return utc
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc_in_range)]
 
 
 class Author(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=128)
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
 
 
 class PostIn(BaseModel):
@@ -33,7 +60,9 @@ class PostIn(BaseModel):
     )
     author: Author | None = None
     market: str | None = Field(default=None, pattern=_MARKET, description='e.g. "cn", "intl"')
-    created_at: datetime | None = None
+    created_at: Timestamp | None = Field(
+        default=None, description="ISO 8601; a time without a zone is read as UTC"
+    )
     lang_hint: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
     @field_validator("text")

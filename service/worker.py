@@ -132,6 +132,11 @@ class Worker:
                 # nothing was acked: entries in hand stay pending and are retried
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
                 time.sleep(1)
+            except Exception:
+                # a bug outside the per-post steps must not end moderation: the entries in
+                # hand stay pending, are reclaimed, and fail per post until dead-lettered
+                log.exception("worker %s: batch failed; its entries stay pending", self.name)
+                time.sleep(1)
         log.info("worker %s: stopped after %d decisions", self.name, self.decided)
 
     def step(self) -> int:
@@ -173,9 +178,9 @@ class Worker:
                 self.consumer.dead_letter(entry, f"malformed entry: {exc}", s.decision_ttl_s)
                 continue
             jobs.append((entry, Job(entry.post_id, post, entry.enqueued_ms)))
+        jobs = self._with_author_activity(jobs)
         if not jobs:
             return 0
-        jobs = self._with_author_activity(jobs)
         try:
             decisions = self.moderator.decide([j for _, j in jobs])
             return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)))
@@ -188,33 +193,42 @@ class Worker:
             try:
                 done += self._commit([(entry, self.moderator.decide([job])[0])])
             except Exception as exc:
-                failures = self.consumer.record_failure(entry)
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "worker %s: post %s failed (%d): %s", self.name, job.post_id, failures, error
-                )
-                if failures >= s.max_deliveries:
-                    self.consumer.dead_letter(
-                        entry, f"{error}\n{traceback.format_exc(limit=5)}", s.decision_ttl_s
-                    )
-                # else: left pending; reclaimed and retried after claim_idle_ms
+                self._post_failed(entry, job.post_id, exc)
         return done
 
+    def _post_failed(self, entry: Entry, post_id: str, exc: Exception) -> None:
+        """Count a failure of this post alone; dead-letter it after ``max_deliveries``."""
+        s = self.settings
+        failures = self.consumer.record_failure(entry)
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("worker %s: post %s failed (%d): %s", self.name, post_id, failures, error)
+        if failures >= s.max_deliveries:
+            self.consumer.dead_letter(
+                entry, f"{error}\n{traceback.format_exc(limit=5)}", s.decision_ttl_s
+            )
+        # else: left pending; reclaimed and retried after claim_idle_ms
+
     def _with_author_activity(self, jobs: list[tuple[Entry, Job]]) -> list[tuple[Entry, Job]]:
+        """Count each author's recent posts; a post whose time cannot be used fails alone."""
         windows = self.moderator.policy.policy.author_windows()
-        counted = [(e, j) for e, j in jobs if j.post.author is not None]
-        if not windows or not counted:
+        if not windows or not any(j.post.author is not None for _, j in jobs):
             return jobs
-        items = []
-        for entry, job in counted:
-            at = job.post.created_at
-            at_ms = int(at.timestamp() * 1000) if at is not None else entry.enqueued_ms
-            items.append((job.post.author.id, job.post_id, at_ms))
-        counts = dict(zip((j.post_id for _, j in counted),
+        kept, items = [], []
+        for entry, job in jobs:
+            if job.post.author is not None:
+                try:
+                    at = job.post.created_at
+                    at_ms = int(at.timestamp() * 1000) if at is not None else entry.enqueued_ms
+                except (ValueError, OverflowError, OSError) as exc:
+                    self._post_failed(entry, job.post_id, exc)
+                    continue
+                items.append((job.post.author.id, job.post_id, at_ms))
+            kept.append((entry, job))
+        counts = dict(zip((pid for _, pid, _ in items),
                           self.activity.record_and_count(items, windows), strict=True))  # fmt: skip
         return [
             (e, replace(j, author_posts=counts[j.post_id]) if j.post_id in counts else j)
-            for e, j in jobs
+            for e, j in kept
         ]
 
     def _commit(self, pairs) -> int:

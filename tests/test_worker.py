@@ -122,6 +122,30 @@ def test_malformed_entries_go_to_dead_letters_and_the_worker_goes_on(settings, m
     assert client.xlen(keys.posts) == 0, "dead-lettered entries must leave the stream"
 
 
+def test_a_poison_entry_fails_alone_and_its_batch_is_decided(settings, moderator):
+    """Entries queued before the schema bounded times (year 1, naive, with an author) once
+    killed the worker in its author-activity step; now only that entry is dead-lettered."""
+    keys = Keys(settings.key_prefix)
+    client = connect(settings.redis_url)
+    poison = {"text": "hello", "created_at": "0001-01-01T00:00:00", "author": {"id": "u1"}}
+    client.xadd(keys.posts, {"id": "poison-1", "post": json.dumps(poison), "t": "0"})
+    with LiveServer(settings) as api:
+        good = [{"post_id": f"good-{i}", "text": TEXTS[i % len(TEXTS)], "author": {"id": "u1"},
+                 "created_at": "2025-01-13T10:00:00"} for i in range(20)]  # fmt: skip
+        r = httpx.post(f"{api.url}/v1/posts/batch", json={"posts": good}, timeout=30)
+        assert r.status_code == 202 and r.json()["accepted"] == 20
+        worker = WorkerThread(settings, moderator)
+        with worker:
+            for p in good:
+                assert wait_for_decision(api.url, p["post_id"]).json()["status"] == "decided"
+            wait_until(lambda: client.xlen(keys.dead) == 1, 30, "the poison entry's dead letter")
+            assert worker.thread.is_alive(), "the worker died on the poison entry"
+        r = httpx.get(f"{api.url}/v1/posts/poison-1/decision")
+        assert r.json()["status"] == "failed" and "created_at" in r.json()["error"]
+    assert [f["id"] for _, f in client.xrange(keys.dead)] == ["poison-1"]
+    assert sorted(audit_ids(client, keys)) == sorted(p["post_id"] for p in good)
+
+
 class FaultInjectingModerator(Moderator):
     """The real moderator, except that any batch holding a POISON post raises."""
 
