@@ -98,6 +98,27 @@ class Keys:
     def shadow_examples(self, version: str) -> str:
         return f"{self.prefix}:shadow:{version}:examples"
 
+    # API keys (service/auth.py): one hash per active key, found by the sha256 of its token;
+    # every key ever created (id -> JSON record); active names -> id; id -> last use (ms)
+    def api_key(self, digest: str) -> str:
+        return f"{self.prefix}:apikey:{digest}"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}:apikeys"
+
+    @property
+    def api_key_names(self) -> str:
+        return f"{self.prefix}:apikeys:names"
+
+    @property
+    def api_key_used(self) -> str:
+        return f"{self.prefix}:apikeys:used"
+
+    # token buckets (service/ratelimit.py), e.g. scope "key" or "author"
+    def rate_bucket(self, scope: str, ident: str) -> str:
+        return f"{self.prefix}:rl:{scope}:{ident}"
+
 
 @dataclass(frozen=True)
 class Entry:
