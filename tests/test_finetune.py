@@ -28,8 +28,10 @@ def test_finetune_is_repeatable_and_its_layers_load(model_dir, tmp_path):
     assert sum(e.split == "train" for e in examples) >= 10
     settings = FinetuneSettings(layers=1, epochs=1, batch_size=4)
     quiet = lambda *_: None  # noqa: E731
-    first = finetune(Encoder(model_dir), examples, tmp_path / "a", settings, log=quiet)
-    second = finetune(Encoder(model_dir), examples, tmp_path / "b", settings, log=quiet)
+    first = finetune(Encoder(model_dir), examples, tmp_path / "a", settings, log=quiet,
+                     checkpoint_dir=tmp_path / "ck")
+    second = finetune(Encoder(model_dir), examples, tmp_path / "b", settings, log=quiet,
+                      checkpoint_dir=tmp_path / "ck")
     assert first["weights_sha256"] == second["weights_sha256"]
     assert first["layers"] == [11] and first["train_examples"] == sum(e.split == "train" for e in examples)
     assert tuned_version(tmp_path / "a") == first["version"]
@@ -62,3 +64,75 @@ def test_top_layers_on_cached_lower_states_equal_the_whole_encoder(model_dir):
     # and the padded short text is not polluted by its padding
     alone = run_top(enc.model, enc.model.encoder.layer[cut:], states[:1]).detach().numpy()
     assert float(np.sum(alone[0] * top[0])) > 0.99999
+
+
+def _train_count(examples) -> int:
+    return sum(e.split == "train" for e in examples)
+
+
+def test_whole_encoder_interrupted_and_resumed_equals_an_uninterrupted_run(model_dir, tmp_path):
+    """All 12 layers, gradient checkpointing, two interruptions (mid first and mid second
+    epoch, each saved at the step boundary), two resumes: the same weights, bit for bit, and
+    the same epoch losses as one run straight through."""
+    import pytest
+
+    from service.classifier.finetune import CHECKPOINT, FinetuneInterrupted
+
+    examples = _examples()
+    settings = FinetuneSettings(layers=12, epochs=2, batch_size=4, checkpointing=True)
+    quiet = lambda *_: None  # noqa: E731
+    steps_per_epoch = -(-_train_count(examples) // 4)
+    whole = finetune(Encoder(model_dir), examples, tmp_path / "whole", settings,
+                     checkpoint_dir=tmp_path / "ck-whole", log=quiet)  # fmt: skip
+    assert whole["layers"] == list(range(12)) and whole["steps"] == 2 * steps_per_epoch
+    assert whole["resumed"] == 0 and not (tmp_path / "ck-whole" / CHECKPOINT).exists()
+
+    ck, out = tmp_path / "ck", tmp_path / "resumed"
+    for stop_at in (3, steps_per_epoch + 2):
+        with pytest.raises(FinetuneInterrupted) as stopped:
+            finetune(Encoder(model_dir), examples, out, settings, checkpoint_dir=ck, log=quiet,
+                     resume=stop_at != 3, stop=lambda step, n=stop_at: step == n)  # fmt: skip
+        assert stopped.value.step == stop_at and (ck / CHECKPOINT).exists()
+        assert not out.exists()  # nothing is written before the run ends
+    resumed = finetune(Encoder(model_dir), examples, out, settings, checkpoint_dir=ck, log=quiet,
+                       resume=True)  # fmt: skip
+    assert resumed["resumed"] == 2
+    assert resumed["weights_sha256"] == whole["weights_sha256"]
+    assert resumed["epoch_losses"] == whole["epoch_losses"]
+    assert not (ck / CHECKPOINT).exists()  # finished: nothing left to resume
+
+    # every layer moved, not only the top ones
+    from safetensors.torch import load_file
+
+    tuned = load_file(str(out / "top.safetensors"))
+    base = Encoder(model_dir).model.state_dict()
+    for layer in (0, 5, 11):
+        key = f"encoder.layer.{layer}.attention.self.query.weight"
+        assert not np.allclose(tuned[key].float().numpy(), base[key].bfloat16().float().numpy())
+    embedded = Encoder(model_dir, tuned_dir=out).embed(["hello", "你好"])
+    assert np.isfinite(embedded).all()
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(model_dir, tmp_path):
+    import pytest
+
+    from service.classifier.finetune import FinetuneInterrupted
+
+    examples = _examples()
+    quiet = lambda *_: None  # noqa: E731
+    with pytest.raises(FinetuneInterrupted):
+        finetune(Encoder(model_dir), examples, tmp_path / "a", FinetuneSettings(layers=1, epochs=1, batch_size=4),
+                 checkpoint_dir=tmp_path / "ck", log=quiet, stop=lambda step: step == 1)  # fmt: skip
+    with pytest.raises(ValueError, match="another run"):
+        finetune(Encoder(model_dir), examples, tmp_path / "a", FinetuneSettings(layers=2, epochs=1, batch_size=4),
+                 checkpoint_dir=tmp_path / "ck", log=quiet, resume=True)  # fmt: skip
+
+
+def test_weighted_draws_make_epochs_of_a_fixed_size(model_dir, tmp_path):
+    """samples_per_epoch: each epoch draws that many examples (by sample weight), so an
+    epoch's length no longer depends on the data size."""
+    examples = _examples()
+    settings = FinetuneSettings(layers=1, epochs=2, batch_size=4, samples_per_epoch=10)
+    out = finetune(Encoder(model_dir), examples, tmp_path / "a", settings,
+                   checkpoint_dir=tmp_path / "ck", log=lambda *_: None)  # fmt: skip
+    assert out["steps"] == 2 * 3 and len(out["epoch_losses"]) == 2

@@ -6,6 +6,16 @@ those its rows are labelled positive or negative. For the others a benign row co
 negative (a neutral Reddit comment is no drug ad either), and a harmful row is unknown
 (a hateful post may also harass): the trainer masks those cells instead of guessing.
 
+Some datasets' label-free rows are *not* benign: DynaHate's and Hatemoji's "not hate"
+includes abuse of non-protected targets, ThreatGram's "no threat" replies still insult. Their
+sources say `unlabelled_is_benign=False`: such a row is a negative only for the categories
+the source covers; its other cells, benign included, are masked.
+
+Sources flagged NON-COMMERCIAL in their SOURCE.txt are `eval_only`: `load_examples` (the
+one loader behind `model train`, `model finetune` and `model lexicon`) never returns them
+and refuses to be asked for them, and the trainers refuse examples from them;
+`load_eval_only` reads them for `floodgate model eval`'s transfer tables.
+
 The public datasets are read from ../shared/data/train (never copied into the repo);
 `seeds/labeled/` holds examples written for the project where public data is thin.
 Every mapping below says why.
@@ -48,6 +58,17 @@ class Example:
     language: str  # "en" | "zh" (the dataset's language; mixed seeds say "mixed")
     source: str
     covers: frozenset[str] = field(default=frozenset(CATEGORIES))
+    # False where the source's label-free rows are "not X" rather than benign (see the
+    # module doc): the trainer then masks their benign cell and uncovered categories
+    unlabelled_is_benign: bool = True
+    tag: str = ""  # the dataset's own label for the row (evaluation tables), "" if unused
+
+    @property
+    def benign(self) -> bool | None:
+        """True: benign; False: harmful; None: unknown (no label, source does not say)."""
+        if self.labels:
+            return False
+        return True if self.unlabelled_is_benign else None
 
     @property
     def split(self) -> str:
@@ -61,9 +82,16 @@ class Source:
     name: str
     language: str
     covers: frozenset[str]
-    read: Callable[[Path], Iterator[tuple[str, frozenset[str]]]]
+    read: Callable[[Path], Iterator[tuple]]  # (text, labels) or (text, labels, tag)
     licence: str
     why: str
+    unlabelled_is_benign: bool = True
+    eval_only: bool = False  # NON-COMMERCIAL: measured on, never trained on (module doc)
+
+    def rows(self, root: Path) -> Iterator[tuple[str, frozenset[str], str]]:
+        """(text, labels, tag) for every row, whatever the reader yields."""
+        for row in self.read(root):
+            yield (row[0], row[1], row[2] if len(row) > 2 else "")
 
 
 def _rows(path: Path, delimiter: str = ",") -> Iterator[dict[str, str]]:
@@ -200,6 +228,98 @@ def _youtube(root: Path):
             yield r["CONTENT"], _labels((r["CLASS"] == "1", "scam_spam"))
 
 
+def _hatemoji(root: Path):
+    for split in ("train", "validation", "test"):
+        for r in _rows(root / "hatemoji_build" / f"HatemojiBuild_{split}.csv"):
+            hate = r["label_gold"] == "1"
+            threat = hate and r["type"] == "threateninglanguage"
+            yield r["text"], _labels((hate, "hate"), (threat, "violence")), r["type"]
+
+
+def _dynahate(root: Path):
+    # two files per split, aligned line by line: one text per line, one 0/1 label per line
+    # (no header, no quoting: read as plain newline-separated lines, not CSV; splitlines()
+    # would also split at the U+2028 separators some texts contain)
+    for split in ("Train", "Test"):
+        base = root / "dynahate_text_label"
+        texts = (base / f"data_{split}.csv").read_text("utf-8").rstrip("\n").split("\n")
+        labels = (base / f"data_{split}_label.csv").read_text("utf-8").rstrip("\n").split("\n")
+        if len(texts) != len(labels):
+            raise ValueError(f"dynahate {split}: {len(texts)} texts but {len(labels)} labels")
+        for text, label in zip(texts, labels, strict=True):
+            hate = label.strip() == "1"
+            yield text, _labels((hate, "hate")), "hate" if hate else "nothate"
+
+
+_THREATGRAM = {0: "no threat", 1: "non-violent threat", 2: "violent threat"}
+
+
+def _threatgram(root: Path):
+    with (root / "threatgram101_telegram_threats" / "Labeled_15076.json").open(
+        encoding="utf-8"
+    ) as fh:
+        for r in json.load(fh):
+            level = int(r["Label"])
+            yield r["reply"], _labels((level == 2, "violence")), _THREATGRAM[level]
+
+
+def _chnci(root: Path):
+    base = root / "chnci_cyberbullying_zh"
+    # the folder (cyberbullying / non-cyberbullying) labels the *incident*; label3 the comment
+    for f in sorted(base.glob("*/*.csv")):
+        for r in _rows(f):
+            raw = (r.get("label3") or "").strip()
+            if raw not in ("0", "1", "0.0", "1.0"):
+                continue  # 341 rows without a label
+            bully = raw.startswith("1")
+            yield r["content"], _labels((bully, "harassment")), "cyberbullying" if bully else "not"
+
+
+def _telecom_fraud(root: Path):
+    base = root / "zh_telecom_fraud_texts5"
+    for f in sorted(base.glob("label0*-last.csv")):
+        for r in _rows(f):
+            fraud = r["label"] != "0"
+            yield r["content"], _labels((fraud, "scam_spam")), r["label"] if fraud else "normal SMS"
+
+
+_CONVABUSE_HATE = ("ableist", "homophobic", "racist", "sexist", "transphobic")
+
+
+def _convabuse(root: Path):
+    base = root / "convabuse"
+    for split in ("train", "valid", "test"):
+        for r in _rows(base / f"2_splits_ConvAbuseEMNLP{split}.csv"):
+            # one column per annotator x answer; a cell may repeat a value ("1, 1") when an
+            # annotator saw the turn twice. Abusive: a strict majority of the annotators who
+            # rated it chose -1..-3; not abusive: a strict majority chose 1; else ambiguous
+            votes: dict[str, str] = {}
+            types: dict[str, set[str]] = {}
+            for col, value in r.items():
+                if not col.startswith("Annotator") or "1" not in (value or ""):
+                    continue
+                who, what = col.split("_", 1)
+                if what.startswith("is_abuse."):
+                    votes[who] = what.removeprefix("is_abuse.")
+                else:
+                    types.setdefault(who, set()).add(what)
+            abusive = sum(v.startswith("-") for v in votes.values())
+            fine = sum(v == "1" for v in votes.values())
+            if 2 * abusive > len(votes):
+                # a type counts when at least half of the annotators who found abuse name it
+                raters = [w for w, v in votes.items() if v.startswith("-")]
+                named = {kind for kind in (*_CONVABUSE_HATE, "sex_harassment")
+                         if 2 * sum(kind in types.get(w, ()) for w in raters) >= len(raters)}  # fmt: skip
+                hate, sexual = bool(named & set(_CONVABUSE_HATE)), "sex_harassment" in named
+                yield (
+                    r["user"],
+                    _labels((True, "harassment"), (hate, "hate"), (sexual, "sexual")),
+                    ("sex_harassment" if sexual else "identity abuse" if hate else "abuse"),
+                )
+            elif 2 * fine > len(votes):
+                yield r["user"], frozenset(), "not abusive"
+
+
 HATE_ONLY = frozenset({"hate"})
 SOURCES: tuple[Source, ...] = (
     Source("cold", "zh", HATE_ONLY, _cold, "Apache-2.0",
@@ -230,6 +350,44 @@ SOURCES: tuple[Source, ...] = (
     Source("sms_uci", "en", frozenset({"scam_spam"}), _sms_uci, "CC BY 4.0", "spam is scam_spam"),
     Source("youtube_spam", "en", frozenset({"scam_spam"}), _youtube, "CC BY 4.0",
            "spam comments (self-promotion, scams) are scam_spam"),
+    Source("hatemoji", "en", HATE_ONLY, _hatemoji, "CC BY 4.0",
+           "adversarial hate written against a model, each original with a minimal perturbation "
+           "that usually flips the label (emoji swaps, negation, positive statements about the "
+           "same group): label_gold 1 is hate, and threatening language is also violence "
+           "(positive-only, as in implicit_hate). Label 0 is 'not hate', not benign: it keeps "
+           "abuse of non-protected targets, so only the hate cell is a known negative",
+           unlabelled_is_benign=False),
+    Source("dynahate", "en", HATE_ONLY, _dynahate, "none stated (NON-COMMERCIAL per SOURCE.txt)",
+           "DynaHate R1-R4: 1 hate / 0 nothate. 'nothate' includes counter-speech, negated hate "
+           "and abuse of non-protected targets, so it is hate=0, not benign. Evaluation only: "
+           "its SOURCE.txt flags it NON-COMMERCIAL (no licence from the authors)",
+           unlabelled_is_benign=False, eval_only=True),
+    Source("threatgram", "en", frozenset({"violence"}), _threatgram, "CC BY 4.0 (per the copying repo)",
+           "Telegram replies with threat levels: 2 (hang them, execute them) is violence; 1 "
+           "(jail, impeach, charge with treason) is a call for punishment, not violence: a hard "
+           "negative for violence; 0 is no threat, but many such replies still insult. Neither "
+           "1 nor 0 is benign, and whom a threat names is not labelled, so harassment and hate "
+           "stay masked",
+           unlabelled_is_benign=False),
+    Source("chnci", "zh", frozenset({"harassment"}), _chnci, "none stated (NON-COMMERCIAL per SOURCE.txt)",
+           "real Douyin / Weibo / Bilibili / Xiaohongshu comments on trending incidents; label3 1 "
+           "(insults, mockery, pile-ons, regional jabs) is harassment; 0 is not, but the "
+           "labels do not say whether a 0 is free of every other harm, so it is no benign row. "
+           "Evaluation only: NON-COMMERCIAL (the repository states no licence)",
+           unlabelled_is_benign=False, eval_only=True),
+    Source("zh_telecom_fraud", "zh", frozenset({"scam_spam"}), _telecom_fraud,
+           "research only + GPL-3.0 (NON-COMMERCIAL per SOURCE.txt)",
+           "four fraud scripts (fake police / government, loans and credit cards, fake customer "
+           "service, fake boss or relative) are scam_spam; label 0 is operators' and shops' "
+           "marketing SMS: not fraud, but promotional, so it is scam_spam=0 for fraud and no "
+           "benign row. Evaluation only: NON-COMMERCIAL (research use only)",
+           unlabelled_is_benign=False, eval_only=True),
+    Source("convabuse", "en", frozenset({"harassment", "hate", "sexual"}), _convabuse, "CC BY 4.0",
+           "users' turns to two chatbots, rated by several annotators: a majority rating it "
+           "abusive makes it harassment (aimed at the agent); sexual harassment as the type "
+           "named by half of them is also sexual; sexist, racist, homophobic, transphobic or "
+           "ableist abuse is also hate. A majority 'not abusive' is benign (chit-chat with a "
+           "bot); ambiguous turns are left out"),
 )  # fmt: skip
 
 
@@ -249,39 +407,96 @@ def _seed_examples(root: Path) -> Iterator[Example]:
             yield Example(text.strip(), labels, doc.get("language", "en"), f"seeds/{f.stem}")
 
 
+EVAL_ONLY = frozenset(src.name for src in SOURCES if src.eval_only)
+
+# each source's folder under ../shared/data/train (its SOURCE.txt states the licence and, for
+# the evaluation-only ones, starts with NON-COMMERCIAL; tests/test_datasets.py checks both agree)
+FOLDERS = {
+    "cold": "cold", "swsr": "swsr", "jade": "zh_en_jade_db", "cad": "cad_contextual_abuse",
+    "gab": "gab_hate_corpus", "implicit_hate": "implicit_hate_corpus",
+    "davidson": "davidson_hate_offensive", "toxigen": "toxigen_prompts_dedup",
+    "jigsaw": "jigsaw_toxic_sample_ibm", "cssrs": "reddit_cssrs_suicide",
+    "smishing": "en_sms_smishing_5971", "sms_uci": "sms_spam_uci",
+    "youtube_spam": "youtube_spam_collection", "hatemoji": "hatemoji_build",
+    "dynahate": "dynahate_text_label", "threatgram": "threatgram101_telegram_threats",
+    "chnci": "chnci_cyberbullying_zh", "zh_telecom_fraud": "zh_telecom_fraud_texts5",
+    "convabuse": "convabuse",
+}  # fmt: skip
+
+
+class EvalOnlyData(ValueError):
+    """Examples from an evaluation-only (NON-COMMERCIAL) source were offered for training."""
+
+
+def check_trainable(examples) -> None:
+    """Raise `EvalOnlyData` if any example comes from an evaluation-only source; every
+    trainer calls this on what it is given, whoever built the list."""
+    bad = sorted({e.source for e in examples if e.source in EVAL_ONLY})
+    if bad:
+        raise EvalOnlyData(f"evaluation-only (NON-COMMERCIAL) sources may not be trained on: {bad}")
+
+
+def _grouped(
+    src: Source, root: Path, seen: set[str], cap: int | None, by_tag: bool
+) -> list[Example]:
+    """A source's rows, whitespace-normalised, deduplicated against `seen`, at most `cap` per
+    label set (per dataset label with `by_tag`), the kept rows chosen by a hash of the text."""
+    groups: dict[object, list[Example]] = {}
+    for text, labels, tag in src.rows(root):
+        text = " ".join((text or "").split())
+        if len(text) < 2 or text in seen:
+            continue
+        seen.add(text)
+        groups.setdefault(tag if by_tag else labels, []).append(
+            Example(text, labels, src.language, src.name, src.covers, src.unlabelled_is_benign, tag)
+        )
+    out: list[Example] = []
+    for group in groups.values():
+        group.sort(key=lambda e: hashlib.sha1(e.text.encode()).hexdigest())
+        out += group[:cap] if cap else group
+    return out
+
+
 def load_examples(
     root: Path = SHARED_TRAIN,
     seeds: Path | None = SEEDS_LABELED,
     cap_per_label: int | None = 3000,
     sources: tuple[str, ...] | None = None,
 ) -> list[Example]:
-    """All examples, deduplicated by text, at most `cap_per_label` per (source, label set).
+    """Training examples, deduplicated by text, at most `cap_per_label` per (source, label set).
 
-    The cap keeps the big English hate corpora from drowning the rest (and keeps the
-    embedding pass affordable on a CPU); which rows are kept is deterministic.
+    Never returns an evaluation-only source, and refuses to be asked for one (`EvalOnlyData`).
+    The cap only bounds the embedding pass (a CPU affords ~100k texts); balancing between
+    categories and languages is done by the trainers' sample weights (`train.sample_weights`),
+    not by throwing rows away. Which rows are kept is deterministic.
     """
+    if sources:
+        check_trainable([Example("", frozenset(), "", name) for name in sources])
     out: list[Example] = []
     seen: set[str] = set()
     for src in SOURCES:
-        if sources and src.name not in sources:
+        if src.eval_only or (sources and src.name not in sources):
             continue
-        groups: dict[frozenset[str], list[Example]] = {}
-        for text, labels in src.read(root):
-            text = " ".join((text or "").split())
-            if len(text) < 2 or text in seen:
-                continue
-            seen.add(text)
-            groups.setdefault(labels, []).append(
-                Example(text, labels, src.language, src.name, src.covers)
-            )
-        for group in groups.values():
-            group.sort(key=lambda e: hashlib.sha1(e.text.encode()).hexdigest())
-            out += group[:cap_per_label] if cap_per_label else group
+        out += _grouped(src, root, seen, cap_per_label, by_tag=False)
     if seeds is not None and seeds.exists() and (not sources or "seeds" in sources):
         for ex in _seed_examples(seeds):
             if ex.text and ex.text not in seen:
                 seen.add(ex.text)
                 out.append(ex)
+    return out
+
+
+def load_eval_only(
+    root: Path = SHARED_TRAIN,
+    cap_per_tag: int | None = 1000,
+    sources: tuple[str, ...] | None = None,
+) -> list[Example]:
+    """Rows of the evaluation-only sources, at most `cap_per_tag` per dataset label (a
+    deterministic sample by text hash), for transfer tables; never for training."""
+    out: list[Example] = []
+    for src in SOURCES:
+        if src.eval_only and (not sources or src.name in sources):
+            out += _grouped(src, root, set(), cap_per_tag, by_tag=True)
     return out
 
 
@@ -291,8 +506,10 @@ def summary(examples: list[Example]) -> dict:
     for ex in examples:
         row = table.setdefault(ex.source, {"language": ex.language, "rows": 0, "benign": 0})
         row["rows"] += 1
-        if not ex.labels:
+        if ex.benign:
             row["benign"] += 1
+        elif ex.benign is None:  # "not <covered category>", not benign (see the module doc)
+            row["negative only"] = row.get("negative only", 0) + 1
         for cat in ex.labels:
             row[cat] = row.get(cat, 0) + 1
     return json.loads(json.dumps(table))

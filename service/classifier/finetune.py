@@ -1,51 +1,84 @@
-"""`floodgate model finetune`: the encoder's top layers fine-tuned for moderation, on a CPU.
+"""`floodgate model finetune`: the encoder fine-tuned for moderation, on a CPU; resumable.
 
 The frozen e5 embedding is dominated by topic: it puts "immigrants built this city" next to
 "immigrants are vermin". Fine-tuning the encoder itself fixes much of that (models/README.md
-compares both on the same evaluation). The whole encoder is out of reach without a GPU; its
-top `layers` transformer layers are not:
+compares both on the same evaluation). Two modes, one recipe:
 
-1. every training text runs once through the frozen lower layers in bfloat16; their
-   outputs are kept in memory, so an epoch runs only the top layers forward and backward;
-2. the top layers train together with a throw-away head of the served shape, with the
-   served recipe's masked, class-weighted BCE (`train.py`), in bf16 autocast, seeds fixed,
-   batches of similar length in random order, one-cycle learning rate;
-3. the top layers' weights are written (bf16) to `models/encoder/top.safetensors` with a
-   manifest. `Encoder(..., tuned_dir=...)` lays them over the converted base model; the
-   encoder's version then names both (`<base>ft<tuned hash>`).
+* top layers (`layers` < 12): every training text runs once through the frozen lower layers
+  in bfloat16; their outputs are kept in memory, so a step runs only the top layers;
+* the whole encoder (`layers` = 12): all 12 transformer layers train; the token embeddings
+  (250k x 384, most of the model's weights) stay frozen, so a step looks them up and runs
+  every layer forward and backward. Gradient checkpointing (`checkpointing`) recomputes each
+  layer's activations in the backward pass instead of keeping them, when memory is short.
 
-`floodgate model train` then fits the served heads, calibrated, on the tuned encoder's
-embeddings, exactly as on the base encoder. Only the train split is used here.
+Both: the trained layers learn together with a throw-away head of the served shape, with
+the served recipe's masked, class-weighted BCE and sample weights (`train.py`), in bf16
+autocast, seeds fixed, batches of similar length (length buckets) in random order,
+one-cycle learning rate. With `samples_per_epoch` an epoch draws that many examples with
+probability proportional to their sample weight (category x language balance) instead of
+weighting the loss; that also bounds an epoch's time whatever the data size.
+
+Resumable: every `checkpoint_every_s` seconds, at the end of every epoch, and when asked to
+stop (SIGINT / SIGTERM, or the `stop` callback), the trained weights, the optimizer, the
+schedule, torch's RNG state and the position (epoch, step) are written atomically to
+`checkpoint_dir` (under var/). `resume=True` continues from there and ends with the same
+weights, bit for bit, as a run that was never interrupted (a fingerprint of the data and
+settings guards against resuming a different run). Epoch plans come from a generator seeded
+by (seed, epoch), so they need no saved state.
+
+The trained layers' weights are written (bf16) to `models/encoder/top.safetensors` with a
+manifest. `Encoder(..., tuned_dir=...)` lays them over the converted base model; the
+encoder's version then names both (`<base>ft<tuned hash>`). `floodgate model train` then
+fits the served heads on the tuned encoder's embeddings. Only the train split is used here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from service.classifier.datasets import Example
-from service.classifier.train import TrainSettings, _head, targets
+from service.classifier.datasets import Example, check_trainable
+from service.classifier.train import TrainSettings, _head, sample_weights, targets
 from service.config import REPO_ROOT
 
 TUNED_DIR = REPO_ROOT / "models" / "encoder"
+CHECKPOINT_DIR = REPO_ROOT / "var" / "finetune"
 WEIGHTS = "top.safetensors"
 MANIFEST = "tuned.json"
+CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    layers: int = 4
+    layers: int = 4  # top transformer layers trained; 12 = the whole encoder
     epochs: int = 2
     learning_rate: float = 3e-5  # the encoder layers; the head uses TrainSettings' rate
     batch_size: int = 32
     weight_decay: float = 0.01
     warmup: float = 0.1
     seed: int = 13
+    # 0: every train example once per epoch, the loss weighted by its sample weight; N > 0:
+    # N draws per epoch, with probability proportional to the sample weight
+    samples_per_epoch: int = 0
+    checkpointing: bool = False  # gradient checkpointing: recompute activations in backward
+
+
+class FinetuneInterrupted(Exception):
+    """The run stopped at a step boundary and saved a checkpoint; `resume=True` continues."""
+
+    def __init__(self, checkpoint: Path, step: int, total: int) -> None:
+        super().__init__(f"stopped after step {step}/{total}; checkpoint {checkpoint}")
+        self.checkpoint, self.step, self.total = checkpoint, step, total
 
 
 def tuned_version(directory: Path) -> str | None:
@@ -57,7 +90,7 @@ def tuned_version(directory: Path) -> str | None:
 
 
 def load_tuned(model, directory: Path) -> dict:
-    """Lay the tuned top layers over `model` (in place); returns the manifest."""
+    """Lay the tuned layers over `model` (in place); returns the manifest."""
     from safetensors.torch import load_file
 
     manifest = json.loads((Path(directory) / MANIFEST).read_text("utf-8"))
@@ -98,94 +131,308 @@ def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print
     return out
 
 
-def run_top(model, top, states: list):
-    """Top layers + mean pooling + L2 norm on a batch of unpadded lower-layer outputs."""
+def token_ids(enc, texts: list[str]) -> list:
+    """Token ids per text ("query: " prefix, truncated as served), unpadded int64 tensors."""
+    import torch
+
+    out = []
+    for start in range(0, len(texts), 1024):
+        t = enc.tokenizer(["query: " + x for x in texts[start : start + 1024]], truncation=True,
+                          max_length=enc.max_length)  # fmt: skip
+        out += [torch.tensor(ids, dtype=torch.long) for ids in t["input_ids"]]
+    return out
+
+
+def run_layers(model, layers, hidden, mask, checkpointing: bool = False):
+    """`layers` + mean pooling + L2 norm on a padded batch (hidden: n x len x dim)."""
     import torch
     from transformers.masking_utils import create_bidirectional_mask
 
-    n = max(s.shape[0] for s in states)
-    hidden = torch.zeros(len(states), n, states[0].shape[1], dtype=torch.float32)
-    mask = torch.zeros(len(states), n, dtype=torch.long)
-    for i, s in enumerate(states):
-        hidden[i, : s.shape[0]] = s.float()
-        mask[i, : s.shape[0]] = 1
     # the public mask builder the model itself uses, for whatever attention implementation
     # the config names (sdpa, eager); None when nothing is padded
     ext = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
-    for layer in top:
-        hidden = layer(hidden, attention_mask=ext)
+    for layer in layers:
+        if checkpointing and torch.is_grad_enabled():
+            # keeps only the layer's input; the RNG state is stashed, so dropout recomputes
+            # the same mask and the result equals the plain pass
+            hidden = torch.utils.checkpoint.checkpoint(
+                layer, hidden, attention_mask=ext, use_reentrant=False
+            )
+        else:
+            hidden = layer(hidden, attention_mask=ext)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
     m = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
-def finetune(enc, examples: list[Example], out_dir: Path = TUNED_DIR,
-             settings: FinetuneSettings | None = None, log=print) -> dict:  # fmt: skip
-    """Fine-tune `enc`'s top layers on the train split of `examples`; write them to
-    `out_dir`; returns the manifest. `enc` must be the base encoder (fp32 weights)."""
+def _pad(seqs: list, fill=0):
+    import torch
+
+    n = max(s.shape[0] for s in seqs)
+    out = torch.full((len(seqs), n, *seqs[0].shape[1:]), fill, dtype=seqs[0].dtype)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = 1
+    return out, mask
+
+
+def run_top(model, top, states: list, checkpointing: bool = False):
+    """Top layers + mean pooling + L2 norm on a batch of unpadded lower-layer outputs."""
+    hidden, mask = _pad([s.float() for s in states])
+    return run_layers(model, top, hidden, mask, checkpointing)
+
+
+def run_whole(model, ids: list, checkpointing: bool = False):
+    """The whole encoder on a batch of unpadded token ids: frozen embeddings (no dropout,
+    no gradient), then every layer."""
+    import torch
+
+    input_ids, mask = _pad(ids, fill=model.config.pad_token_id or 0)
+    with torch.no_grad():
+        hidden = model.embeddings(input_ids=input_ids).float()
+    return run_layers(model, model.encoder.layer, hidden, mask, checkpointing)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _epoch_plan(epoch: int, lengths: np.ndarray, weights: np.ndarray, s: FinetuneSettings) -> list:
+    """The batches of one epoch (arrays of example indices): similar lengths together, in a
+    random order; drawn by sample weight when `samples_per_epoch` is set."""
+    rng = np.random.default_rng([s.seed, epoch])
+    if s.samples_per_epoch:
+        pool = rng.choice(len(lengths), size=s.samples_per_epoch, p=weights / weights.sum())
+    else:
+        pool = np.arange(len(lengths))
+    pool = pool[np.lexsort((rng.random(len(pool)), lengths[pool]))]  # by length, ties at random
+    chunks = [pool[i : i + s.batch_size] for i in range(0, len(pool), s.batch_size)]
+    return [chunks[c] for c in rng.permutation(len(chunks))]
+
+
+def _steps_per_epoch(n: int, s: FinetuneSettings) -> int:
+    return -(-(s.samples_per_epoch or n) // s.batch_size)
+
+
+def _fingerprint(enc, train: list[Example], w: np.ndarray, s: FinetuneSettings) -> str:
+    h = hashlib.sha256(json.dumps([asdict(s), enc.version, enc.max_length]).encode())
+    for e, wi in zip(train, w, strict=True):
+        row = f"{e.text}\x1f{sorted(e.labels)}\x1f{sorted(e.covers)}\x1f{e.benign}\x1f{wi:.6g}"
+        h.update(row.encode() + b"\n")
+    return h.hexdigest()
+
+
+class _StopFlag:
+    """Set by SIGINT / SIGTERM while a run is in progress (the run stops at the next step
+    boundary, after saving); the previous handlers come back afterwards."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._old: dict = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._set)
+        return self
+
+    def _set(self, *_: object) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _progress(total: int, done: int, enabled: bool | None):
+    """A rich progress bar with an ETA on stderr (a terminal only, unless forced)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn(), console=Console(stderr=True))  # fmt: skip
+    bar.start()
+    bar.add_task("fine-tuning", total=total, completed=done, loss="-")
+    return bar
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def finetune(
+    enc,
+    examples: list[Example],
+    out_dir: Path = TUNED_DIR,
+    settings: FinetuneSettings | None = None,
+    log=print,
+    *,
+    checkpoint_dir: Path = CHECKPOINT_DIR,
+    checkpoint_every_s: float = 300.0,
+    resume: bool = False,
+    stop: Callable[[int], bool] | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Fine-tune `enc`'s top `settings.layers` layers (12: all of them) on the train split of
+    `examples`; write them to `out_dir`; returns the manifest. `enc` must be the base encoder
+    (fp32 weights). Checkpoints go to `checkpoint_dir`; `resume` continues from one; `stop`
+    (called with the number of steps done) ends the run early, saved, with
+    `FinetuneInterrupted`, as SIGINT / SIGTERM do."""
     import torch
     from safetensors.torch import save_file
 
+    check_trainable(examples)
     s, hs = settings or FinetuneSettings(), TrainSettings()
+    model = enc.model
+    n_layers = model.config.num_hidden_layers
+    if not 1 <= s.layers <= n_layers:
+        raise ValueError(f"layers must be 1..{n_layers}, not {s.layers}")
+    cut = n_layers - s.layers
     torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
     train = [e for e in examples if e.split == "train"]
     y, m = targets(train)
-    w = np.array([hs.seed_weight if e.source.startswith("seeds/") else 1.0 for e in train])
-    model = enc.model
-    cut = model.config.num_hidden_layers - s.layers
+    w = sample_weights(train, hs)
+    fingerprint = _fingerprint(enc, train, w, s)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)  # our own file, under var/
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"{ckpt_path} belongs to another run (other data, settings or "
+                             "encoder): delete it or start without --resume")  # fmt: skip
+    elif resume:
+        log(f"no checkpoint in {checkpoint_dir}: starting from the beginning")
     started = time.perf_counter()
-    states = lower_states(enc, [e.text for e in train], cut, log=log)
-    log(f"lower {cut} layers for {len(train)} texts: {time.perf_counter() - started:.0f} s")
+    if cut:
+        inputs = lower_states(enc, [e.text for e in train], cut, log=log)
+        log(f"lower {cut} layers for {len(train)} texts: {time.perf_counter() - started:.0f} s")
+    else:
+        inputs = token_ids(enc, [e.text for e in train])
+    lengths = np.array([x.shape[0] for x in inputs])
 
-    top = model.encoder.layer[cut:]
+    trained = model.encoder.layer[cut:]
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in top.parameters():
+    for p in trained.parameters():
         p.requires_grad_(True)
     head = _head(enc.dim, hs)
-    opt = torch.optim.AdamW([{"params": top.parameters(), "lr": s.learning_rate},
+    opt = torch.optim.AdamW([{"params": trained.parameters(), "lr": s.learning_rate},
                              {"params": head.parameters(), "lr": hs.learning_rate}],
                             weight_decay=s.weight_decay)  # fmt: skip
-    by_len = np.argsort([len(st) for st in states], kind="stable")
-    chunks = [by_len[i : i + s.batch_size] for i in range(0, len(by_len), s.batch_size)]
+    per_epoch = _steps_per_epoch(len(train), s)
+    total = s.epochs * per_epoch
+    # torch's one-cycle divides by the warm-up's length in steps minus one: keep it >= 2 steps
+    # (a real run has thousands; only tiny test runs need this)
+    warmup = s.warmup if s.warmup * total >= 2 or total < 4 else min(2 / total, 0.5)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[s.learning_rate, hs.learning_rate], total_steps=s.epochs * len(chunks),
-        pct_start=s.warmup,
-    )  # fmt: skip
+        opt, max_lr=[s.learning_rate, hs.learning_rate], total_steps=total, pct_start=warmup
+    )
     pos, neg = (y * m).sum(0), ((1 - y) * m).sum(0)
     loss_fn = torch.nn.BCEWithLogitsLoss(
         pos_weight=torch.tensor(np.clip(neg / np.maximum(pos, 1), 1.0, hs.max_pos_weight)),
         reduction="none",
     )
-    Y, M, W = torch.from_numpy(y), torch.from_numpy(m), torch.from_numpy(w.astype(np.float32))
+    Y, M = torch.from_numpy(y), torch.from_numpy(m)
+    # drawn by weight: each draw counts 1; a full pass: each example counts its weight
+    W = torch.ones(len(train)) if s.samples_per_epoch else torch.from_numpy(w)
+
+    done, losses, epoch_total, prior_s, resumed = 0, [], 0.0, 0.0, 0
+    if state is not None:
+        model.encoder.layer[cut:].load_state_dict(state["layers"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        done, losses, epoch_total = state["step"], state["losses"], state["epoch_total"]
+        prior_s, resumed = state["seconds"], state["resumed"] + 1
+        log(f"resumed at step {done}/{total} from {ckpt_path}")
+
+    def save_checkpoint() -> None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({
+            "fingerprint": fingerprint, "step": done, "losses": losses,
+            "epoch_total": epoch_total, "seconds": prior_s + time.perf_counter() - started,
+            "resumed": resumed, "layers": model.encoder.layer[cut:].state_dict(),
+            "head": head.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+        }, tmp)  # fmt: skip
+        os.replace(tmp, ckpt_path)  # a kill mid-write leaves the previous checkpoint whole
+
     model.train()
-    losses = []
-    for epoch in range(s.epochs):
-        t0, total = time.perf_counter(), 0.0
-        for k, c in enumerate(rng.permutation(len(chunks))):
-            idx = torch.from_numpy(chunks[c])
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = head(run_top(model, top, [states[i] for i in idx]))
-            loss = (loss_fn(logits.float(), Y[idx]) * M[idx] * W[idx, None]).sum() / M[
-                idx
-            ].sum().clamp(min=1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            if k % 200 == 0:
-                log(f"  epoch {epoch + 1} step {k}/{len(chunks)}: loss {float(loss.detach()):.4f}")
-        losses.append(round(total / len(train), 4))
-        log(f"epoch {epoch + 1}/{s.epochs}: loss {losses[-1]} ({time.perf_counter() - t0:.0f} s)")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    if not cut:
+        model.embeddings.eval()  # frozen: no dropout on the looked-up embeddings
+    bar = _progress(total, done, progress)
+    run_started, run_steps, last_save = time.perf_counter(), 0, time.perf_counter()
+    plan: tuple[int, list] = (-1, [])
+    try:
+        with _StopFlag() as flag:
+            while done < total:
+                epoch, k = divmod(done, per_epoch)
+                if plan[0] != epoch:
+                    plan = (epoch, _epoch_plan(epoch, lengths, w, s))
+                batch = plan[1][k]
+                idx = torch.from_numpy(batch)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    if cut:
+                        pooled = run_top(
+                            model, trained, [inputs[i] for i in batch], s.checkpointing
+                        )
+                    else:
+                        pooled = run_whole(model, [inputs[i] for i in batch], s.checkpointing)
+                    logits = head(pooled)
+                loss = (loss_fn(logits.float(), Y[idx]) * M[idx] * W[idx, None]).sum() / M[
+                    idx
+                ].sum().clamp(min=1)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                done, run_steps = done + 1, run_steps + 1
+                epoch_total += float(loss.detach()) * len(batch)
+                if done % per_epoch == 0:  # an epoch ends
+                    losses.append(round(epoch_total / (per_epoch * s.batch_size if s.samples_per_epoch
+                                                       else len(train)), 4))  # fmt: skip
+                    epoch_total = 0.0
+                    log(f"epoch {epoch + 1}/{s.epochs}: loss {losses[-1]}")
+                eta = (time.perf_counter() - run_started) / run_steps * (total - done)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=done, loss=f"{float(loss.detach()):.4f}")
+                elif done % 100 == 0 or done == total:
+                    log(f"  step {done}/{total}: loss {float(loss.detach()):.4f}, ETA {_eta(eta)}")
+                if done == total:
+                    break
+                stopping = flag.raised or (stop is not None and stop(done))
+                due = time.perf_counter() - last_save >= checkpoint_every_s
+                if stopping or due or done % per_epoch == 0:
+                    save_checkpoint()
+                    last_save = time.perf_counter()
+                if stopping:
+                    raise FinetuneInterrupted(ckpt_path, done, total)
+    finally:
+        if bar is not None:
+            bar.stop()
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    elapsed = prior_s + time.perf_counter() - started
 
     weights = {f"encoder.layer.{cut + i}.{k}": v.detach().to(torch.bfloat16).contiguous()
-               for i, layer in enumerate(top) for k, v in layer.state_dict().items()}  # fmt: skip
+               for i, layer in enumerate(trained) for k, v in layer.state_dict().items()}  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / WEIGHTS))
@@ -194,13 +441,16 @@ def finetune(enc, examples: list[Example], out_dir: Path = TUNED_DIR,
         "version": digest[:8],
         "weights_sha256": digest,
         "base_encoder": enc.version,
-        "layers": list(range(cut, model.config.num_hidden_layers)),
+        "layers": list(range(cut, n_layers)),
         "settings": asdict(s),
         "train_examples": len(train),
+        "steps": total,
         "epoch_losses": losses,
-        "seconds": round(time.perf_counter() - started),
+        "seconds": round(elapsed),
+        "resumed": resumed,
         "torch": torch.__version__,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
+    ckpt_path.unlink(missing_ok=True)  # finished: nothing left to resume
     log(f"wrote {out_dir} (version {manifest['version']})")
     return manifest

@@ -1,5 +1,10 @@
 """`floodgate model train`: category heads on frozen e5 embeddings, calibrated per language.
 
+0. Balance: every dataset x label set is read in full up to a budget (`cap_per_label`, what
+   the embedding pass can afford), and each example gets a sample weight so that every
+   category x language cell counts about as much as its size^(1 - balance_power): the big
+   English hate corpora no longer drown the thin cells, and no row is thrown away to get
+   there (`sample_weights`). Evaluation-only (NON-COMMERCIAL) sources are refused.
 1. Every example (see `datasets`) is embedded once with the encoder (prefix "query: ", the
    same pass that serves zero-shot scoring) and cached on disk: a retrain never re-embeds.
 2. A small head (384 -> 256 GELU -> 9 logits: the 8 categories and benign) is trained with
@@ -27,7 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.classifier.datasets import CATEGORIES, Example, load_examples, summary
+from service.classifier.datasets import (
+    CATEGORIES,
+    Example,
+    check_trainable,
+    load_examples,
+    summary,
+)
 from service.classifier.encoder import split_version
 from service.config import REPO_ROOT
 
@@ -49,7 +60,11 @@ class TrainSettings:
     seed: int = 13
     max_pos_weight: float = 10.0
     seed_weight: float = 3.0  # hand-written examples fill gaps: count them a bit more
-    cap_per_label: int = 1000
+    # rows read per dataset x label set: a budget for the embedding pass (~76k texts, cached),
+    # not the balancing, which sample weights do (0: uncapped)
+    cap_per_label: int = 4000
+    balance_power: float = 0.5  # 0: every row weighs 1; 1: every category x language cell the same
+    max_weight: float = 10.0  # no example weighs more than this (mean weight is 1)
 
 
 def targets(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +73,45 @@ def targets(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
     y = np.zeros((n, len(OUTPUTS)), dtype=np.float32)
     m = np.zeros((n, len(OUTPUTS)), dtype=np.float32)
     for i, ex in enumerate(examples):
+        benign = getattr(ex, "benign", not ex.labels)  # None: "not X", not known to be benign
         for j, cat in enumerate(CATEGORIES):
             if cat in ex.labels:
                 y[i, j], m[i, j] = 1.0, 1.0
-            elif cat in ex.covers or not ex.labels:
+            elif cat in ex.covers or benign:
                 m[i, j] = 1.0  # labelled negative, or a benign row (benign is no drug ad either)
-        y[i, -1] = 0.0 if ex.labels else 1.0
-        m[i, -1] = 1.0
+        y[i, -1] = 1.0 if benign else 0.0
+        m[i, -1] = 0.0 if benign is None else 1.0  # "not hate" is not "benign"
     return y, m
+
+
+def balance_cell(ex: Example, frequency: dict[str, int]) -> tuple[str, str]:
+    """(category, language) an example counts towards: its rarest label; "benign"; or
+    "negative" for a label-free row that is not known to be benign."""
+    if ex.labels:
+        return min(sorted(ex.labels), key=lambda c: frequency.get(c, 0)), ex.language
+    return ("benign" if getattr(ex, "benign", True) else "negative"), ex.language
+
+
+def sample_weights(examples: list[Example], s: TrainSettings) -> np.ndarray:
+    """Per-example weights, mean 1: each category x language cell gets a total weight
+    proportional to n_cell^(1 - balance_power) instead of n_cell; hand-written seeds count
+    `seed_weight` times; no weight exceeds `max_weight`."""
+    from collections import Counter
+
+    frequency = Counter(c for e in examples for c in e.labels)
+    cells = [balance_cell(e, frequency) for e in examples]
+    sizes = Counter(cells)
+    w = np.array([sizes[c] ** -s.balance_power for c in cells], dtype=np.float64)
+    w *= np.array([s.seed_weight if e.source.startswith("seeds/") else 1.0 for e in examples])
+    if len(w) == 0:
+        return w.astype(np.float32)
+    w *= len(w) / w.sum()
+    for _ in range(20):  # clip, renormalise, until the cap holds (it converges in a few rounds)
+        w = np.minimum(w, s.max_weight)
+        w *= len(w) / w.sum()
+        if w.max() <= s.max_weight * (1 + 1e-6):
+            break
+    return w.astype(np.float32)
 
 
 def _head(dim: int, s: TrainSettings):
@@ -257,21 +303,28 @@ def train(
     examples: list[Example] | None = None,
     log=print,
     ablate: bool = False,
+    ablate_sources: tuple[str, ...] = (),
 ) -> dict:
-    """Embed (cached), train, calibrate, evaluate, and write the heads into `out_dir`."""
+    """Embed (cached), train, calibrate, evaluate, and write the heads into `out_dir`.
+
+    `ablate` also trains without the hand-written seeds, and `ablate_sources` without each
+    named source (e.g. "convabuse", or "seeds/harassment" for one seed file's rows): their
+    test-split metrics go into the manifest, to say what each adds."""
     import torch
     from safetensors.torch import save_file
 
     s = settings or TrainSettings()
     started = time.perf_counter()
-    examples = examples if examples is not None else load_examples(cap_per_label=s.cap_per_label)
+    examples = (examples if examples is not None
+                else load_examples(cap_per_label=s.cap_per_label or None))  # fmt: skip
+    check_trainable(examples)
     log(f"{len(examples)} examples from {len({e.source for e in examples})} sources")
     x = cache.embed([e.text for e in examples], prefix="query: ").astype(np.float32)
     embed_s = time.perf_counter() - started
     y, m = targets(examples)
     langs = np.array([e.language for e in examples])
     split = np.array([e.split for e in examples])
-    w = np.array([s.seed_weight if e.source.startswith("seeds/") else 1.0 for e in examples])
+    w = sample_weights(examples, s)
     tr, ca, te = split == "train", split == "calibration", split == "test"
     log(f"training on {tr.sum()} (calibration {ca.sum()}, test {te.sum()})")
     head = fit_head(x[tr], y[tr], m[tr], w[tr], s, log=log)
@@ -284,14 +337,29 @@ def train(
     }
     probs_te = apply_calibration(logits_of(head, x[te]), calibration, langs[te])
     metrics = {"test": split_metrics(probs_te, y[te], m[te], langs[te], thresholds)}
+
+    def without(drop: np.ndarray) -> dict:
+        """The same recipe with the `drop` rows left out of training and calibration (and
+        the weights recomputed without them), on the same test split."""
+        keep = ~drop
+        wk = np.zeros_like(w)
+        wk[keep] = sample_weights([e for e, k in zip(examples, keep, strict=True) if k], s)
+        sel_tr, sel_ca = tr & keep, ca & keep
+        head_k = fit_head(x[sel_tr], y[sel_tr], m[sel_tr], wk[sel_tr], s, log=lambda *_: None)
+        cal_k = calibrate(logits_of(head_k, x[sel_ca]), y[sel_ca], m[sel_ca], langs[sel_ca])
+        probs_k = apply_calibration(logits_of(head_k, x[te]), cal_k, langs[te])
+        return split_metrics(probs_k, y[te], m[te], langs[te], thresholds)
+
     if ablate:
         # what the hand-written seeds add: the same recipe without them, same test split
-        public = np.array([not e.source.startswith("seeds/") for e in examples])
-        sel_tr, sel_ca = tr & public, ca & public
-        head_pub = fit_head(x[sel_tr], y[sel_tr], m[sel_tr], w[sel_tr], s, log=lambda *_: None)
-        cal_pub = calibrate(logits_of(head_pub, x[sel_ca]), y[sel_ca], m[sel_ca], langs[sel_ca])
-        probs_pub = apply_calibration(logits_of(head_pub, x[te]), cal_pub, langs[te])
-        metrics["without_seeds"] = split_metrics(probs_pub, y[te], m[te], langs[te], thresholds)
+        metrics["without_seeds"] = without(
+            np.array([e.source.startswith("seeds/") for e in examples])
+        )
+    for name in ablate_sources:
+        # what one data source adds: trained without its rows, tested on the same split
+        log(f"  without {name} ...")
+        metrics.setdefault("without_source", {})[name] = without(
+            np.array([e.source == name or e.source.startswith(name + "/") for e in examples]))  # fmt: skip
 
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_base, encoder_precision = split_version(cache.version)
@@ -310,6 +378,7 @@ def train(
         "calibration": calibration,
         "thresholds": thresholds,
         "settings": s.__dict__,
+        "sources": sorted({e.source.split("/")[0] for e in examples}),
         "data": summary(examples),
         "splits": {"train": int(tr.sum()), "calibration": int(ca.sum()), "test": int(te.sum())},
         "metrics": metrics,
