@@ -9,6 +9,12 @@ Overall figures are over rows (micro average). texts/s is one thread, one
 text per call, after a warm-up that loads each backend's models. For
 "floodgate" the batched path (detect_batch, lingua's parallel call) is timed too.
 
+"floodgate-v1" is the detector as it was before the cheap first pass and the
+market prior (service/language.py at commit V1_COMMIT, read from git and
+loaded as a module of its own), so old and new are measured in the same run;
+the speed ratios new / v1 are printed under the tables. ``--market`` picks the
+prior floodgate uses (default: none given, i.e. DEFAULT_PRIOR).
+
 The markdown tables are printed and written into docs/language.md between
 the langid-eval markers.
 """
@@ -18,21 +24,72 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import time
+import types
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.language import DETECTORS, detect_batch, get_detector  # noqa: E402
+from service.language import (  # noqa: E402
+    DETECTORS,
+    detect,
+    detect_batch,
+    get_detector,
+    warm_up,
+)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "eval" / "langid" / "lingua_testdata.jsonl"
 DOC = ROOT / "docs" / "language.md"
 BUCKETS = ("word", "short", "sent")
 START, END = "<!-- langid-eval:start -->", "<!-- langid-eval:end -->"
 ALIASES = {"iw": "he", "in": "id", "jw": "jv"}
+V1 = "floodgate-v1"
+V1_COMMIT = "6a169b2"  # last commit of the detector before the cheap first pass
+
+
+def load_v1() -> types.ModuleType:
+    """The old detector, service/language.py at V1_COMMIT, as its own module."""
+    source = subprocess.run(
+        ["git", "show", f"{V1_COMMIT}:service/language.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    module = types.ModuleType("floodgate_language_v1")
+    module.__file__ = f"{V1_COMMIT}:service/language.py"
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def backend(name: str, market: str | None, v1: types.ModuleType | None):
+    """text -> (code, confidence) for name; floodgate's models are loaded first
+    (warm_up, as the worker does at start-up), since its candidate sets vary
+    and a one-text-per-language warm-up would leave some lingua models unloaded."""
+    if name == V1:
+        assert v1 is not None
+        v1.warm_up()
+
+        def run_v1(text: str) -> tuple[str, float]:
+            r = v1.detect(text)
+            return r.code, r.confidence
+
+        return run_v1
+    if name == "floodgate":
+        warm_up()
+    if name == "floodgate" and market is not None:
+
+        def run_market(text: str) -> tuple[str, float]:
+            r = detect(text, market=market)
+            return r.code, r.confidence
+
+        return run_market
+    return get_detector(name)
 
 
 def load(path: Path, limit_per_cell: int | None, seed: int) -> list[dict]:
@@ -56,17 +113,18 @@ def norm(code: str) -> str:
     return ALIASES.get(code, code)
 
 
-def evaluate(name: str, rows: list[dict]) -> dict:
-    backend = get_detector(name)
+def evaluate(run, rows: list[dict]) -> dict:
     seen = set()
     for row in rows:  # warm-up: one text per language loads the models
         if row["lang"] not in seen:
             seen.add(row["lang"])
-            backend(row["text"])
-    t0 = time.perf_counter()
-    preds = [norm(backend(row["text"])[0]) for row in rows]
-    elapsed = time.perf_counter() - t0
-    return summarise(rows, preds, len(rows) / elapsed)
+            run(row["text"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    preds = [norm(run(row["text"])[0]) for row in rows]
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = summarise(rows, preds, len(rows) / elapsed)
+    out["cpu_speed"] = len(rows) / cpu
+    return out
 
 
 def summarise(rows: list[dict], preds: list[str], speed: float) -> dict:
@@ -92,13 +150,14 @@ def summarise(rows: list[dict], preds: list[str], speed: float) -> dict:
     }
 
 
-def batch_speed(rows: list[dict], batch: int = 128) -> float:
+def batch_speed(rows: list[dict], fn, batch: int = 128) -> tuple[float, float]:
+    """(texts/s, texts per CPU-second of this process, all threads) through fn."""
     texts = [row["text"] for row in rows]
-    detect_batch(texts[:batch])
-    t0 = time.perf_counter()
+    fn(texts[:batch])
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(texts), batch):
-        detect_batch(texts[i : i + batch])
-    return len(texts) / (time.perf_counter() - t0)
+        fn(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - t0), len(texts) / (time.process_time() - c0)
 
 
 def pct(x: float) -> str:
@@ -106,7 +165,10 @@ def pct(x: float) -> str:
 
 
 def tables(
-    results: dict[str, dict], rows: list[dict], args: argparse.Namespace, fg_batch: float | None
+    results: dict[str, dict],
+    rows: list[dict],
+    args: argparse.Namespace,
+    batched: dict[str, tuple[float, float]],
 ) -> str:
     cells = (
         "all rows"
@@ -138,12 +200,37 @@ def tables(
             + " | ".join(pct(a.get(f"{lang}/{b}", 0.0)) for lang in ("zh", "en") for b in BUCKETS)
             + " |"
         )
-    if fg_batch is not None:
-        out += [
-            "",
-            f"floodgate through detect_batch (batches of 128, lingua's parallel call): "
-            f"{fg_batch:,.0f} texts/s.",
-        ]
+    ours = [name for name in ("floodgate", V1) if name in results]
+    if ours:
+        langs = sorted({row["lang"] for row in rows})
+        head = " | ".join(f"{name} {b}" for name in ours for b in BUCKETS)
+        out += ["", f"| language | {head} |", "| --- |" + " ---: |" * (len(ours) * 3)]
+        for lang in langs:
+            cells = [
+                pct(results[name]["acc"][f"{lang}/{b}"])
+                if f"{lang}/{b}" in results[name]["acc"]
+                else "-"
+                for name in ours
+                for b in BUCKETS
+            ]
+            out.append(f"| {lang} | " + " | ".join(cells) + " |")
+    out.append("")
+    for name in ours:
+        wall, cpu = batched[name]
+        out.append(
+            f"* {name}: one text per call {results[name]['speed']:,.0f} texts/s "
+            f"({results[name]['cpu_speed']:,.0f} per CPU-second); through detect_batch "
+            f"(batches of 128) {wall:,.0f} texts/s ({cpu:,.0f} per CPU-second)."
+        )
+    if len(ours) == 2:
+        new, old = results["floodgate"], results[V1]
+        (bw, bc), (ow, oc) = batched["floodgate"], batched[V1]
+        out.append(
+            f"* floodgate / {V1}, same run: one text per call {new['speed'] / old['speed']:.2f}x "
+            f"(CPU {new['cpu_speed'] / old['cpu_speed']:.2f}x), detect_batch {bw / ow:.2f}x "
+            f"(CPU {bc / oc:.2f}x); overall accuracy {pct(new['acc']['all'])} vs "
+            f"{pct(old['acc']['all'])} %."
+        )
     return "\n".join(out)
 
 
@@ -171,22 +258,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--detectors", default=",".join(DETECTORS), help="comma-separated names from DETECTORS"
+        "--detectors",
+        default=",".join(["floodgate", V1, *(n for n in DETECTORS if n != "floodgate")]),
+        help=f"comma-separated names from DETECTORS, or {V1}",
     )
+    p.add_argument("--market", default=None, help="market whose prior floodgate uses")
     p.add_argument("--no-write", action="store_true", help=f"do not update {DOC.name}")
     args = p.parse_args(argv)
 
     rows = load(args.data, args.limit_per_cell, args.seed)
+    names = args.detectors.split(",")
+    v1 = load_v1() if V1 in names else None
     results: dict[str, dict] = {}
-    for name in args.detectors.split(","):
+    for name in names:
         t0 = time.perf_counter()
-        results[name] = evaluate(name, rows)
+        results[name] = evaluate(backend(name, args.market, v1), rows)
         print(
             f"{name}: {pct(results[name]['acc']['all'])} % in {time.perf_counter() - t0:.0f} s",
             file=sys.stderr,
         )
-    fg_batch = batch_speed(rows) if "floodgate" in results else None
-    table = tables(results, rows, args, fg_batch)
+    batched: dict[str, tuple[float, float]] = {}
+    if "floodgate" in results:
+        batched["floodgate"] = batch_speed(
+            rows, lambda texts: detect_batch(texts, markets=[args.market] * len(texts))
+        )
+    if v1 is not None:
+        batched[V1] = batch_speed(rows, v1.detect_batch)
+    table = tables(results, rows, args, batched)
     print(table)
     if not args.no_write:
         command = "python bench/langid_eval.py"
@@ -194,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             command += f" --limit-per-cell {args.limit_per_cell}"
         if args.seed != 0:
             command += f" --seed {args.seed}"
+        if args.market is not None:
+            command += f" --market {args.market}"
         write_doc(table, command)
     return 0
 

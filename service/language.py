@@ -107,21 +107,38 @@ _SCRIPT_LANGUAGE: dict[str, str] = {
     "Tibt": "bo",
 }
 
-# Confidence thresholds for Latin text by number of letters (lingua's
-# confidence, relative to LATIN_CANDIDATES). Chosen for >= ~95 % precision on a
-# seeded sample of the lingua test data (docs/language.md); shorter text needs
-# more confidence. Fewer than 3 letters ("hi", "ok") is always und.
+# Per-market prior over languages: relative weights, 1.0 for every language a
+# market does not list. Only statistical choices use it (Latin text, and the
+# Cyrillic / Arabic / Devanagari candidates); scripts that name a language
+# (Han, kana, Hangul, ...) ignore it. The weights are deliberately much flatter
+# than the platform's traffic (English is ~25 % of posts at the influx's peak,
+# other Latin-script languages ~1-3 %): the prior is there to break ties in
+# short, ambiguous text ("hello", "animal", "no way"), not to overrule clear
+# evidence for a minority language. "en": 2.0 reads "a Latin-script post whose
+# words fit English and Spanish equally well is English two times in three".
+# Replace or extend with configure_priors(); detect/detect_batch take the post's
+# market, and an unknown or missing market gets DEFAULT_PRIOR.
+DEFAULT_PRIOR: dict[str, float] = {"en": 2.0}
+MARKET_PRIORS: dict[str, dict[str, float]] = {
+    "cn": {"en": 2.0},  # Latin text on the Chinese feed: English, some pinyin and others
+    "intl": {"en": 3.0},  # the influx's market: Latin text there is mostly English
+}
+# A client's lang_hint multiplies its language's prior weight: a locale is
+# evidence about the author, not about this text, so it breaks ties only.
+HINT_WEIGHT = 4.0
+
+# Fewer than 3 Latin letters ("hi", "ok") is always und (unless hinted).
 _MIN_LATIN_LETTERS = 3
-_LATIN_THRESHOLDS: tuple[tuple[int, float], ...] = (
-    (4, 0.9),
-    (8, 0.7),
-    (12, 0.6),
-    (20, 0.5),
-    (40, 0.4),
-    (10**9, 0.3),
-)
-_HASHTAG_ONLY_THRESHOLD = 0.9
-_FASTTEXT_AGREE = 0.5  # fastText share needed to confirm lingua below threshold
+# Cheap first pass (fastText-lite and cld2). When fastText's own top language
+# (over all 176 it knows) is a candidate with probability >= 0.5 and cld2
+# names the same language, the text is decided without lingua.
+_CHEAP_SURE = 0.5
+# Otherwise lingua compares only the languages fastText finds plausible: the
+# smallest set of its best candidates holding this share of its probability,
+# plus cld2's choice and every language the prior favours.
+_PLAUSIBLE_MASS = 0.9
+_FASTTEXT_K = 10  # fastText labels read per text (candidates beyond are implausible)
+_HASHTAG_ONLY_THRESHOLD = 0.9  # a post made only of hashtags needs this posterior
 _OTHER_SCRIPT_OVERRIDE = 0.75  # lingua must be this sure to leave the script's default
 _KANA_SHARE_FOR_JA = 0.15
 _MIXED_MIN_WEIGHT = 5.0  # e.g. 2 Han chars or 5 Latin letters
@@ -374,7 +391,8 @@ class _Group:
     code: str = UND
     script: str = "Zyyy"
     confidence: float = 0.0
-    query: str = ""  # text for lingua, "" when rules decide
+    query: str = ""  # text for the statistical detectors, "" when rules decide
+    cands: tuple[str, ...] = ()  # languages lingua compares, () when decided
 
     @property
     def weight(self) -> float:
@@ -391,6 +409,7 @@ class _Analysis:
     hint: str | None
     only_hashtags: bool
     groups: dict[str, _Group]
+    prior: dict[str, float] = field(default_factory=dict)
 
 
 def _runs(masked: str) -> list[_Run]:
@@ -411,7 +430,7 @@ def _runs(masked: str) -> list[_Run]:
     return runs
 
 
-def _analyse(text: str, hint: str | None) -> _Analysis:
+def _analyse(text: str, hint: str | None, market: str | None = None) -> _Analysis:
     masked, only_tags = _mask(text)
     groups: dict[str, _Group] = {}
     for run in _runs(masked):
@@ -421,7 +440,8 @@ def _analyse(text: str, hint: str | None) -> _Analysis:
         g.runs.append(run)
         for s, n in run.counts.items():
             g.counts[s] = g.counts.get(s, 0) + n
-    a = _Analysis(text, hint, only_tags, groups)
+    # A hashtag-only post ignores the hint: the tag is a topic, not the author's words.
+    a = _Analysis(text, hint, only_tags, groups, _prior(market, None if only_tags else hint))
     for g in groups.values():
         _decide_by_rules(a, g, masked)
     return a
@@ -476,47 +496,87 @@ def _decide_by_rules(a: _Analysis, g: _Group, masked: str) -> None:
     g.code, g.confidence = UND, 0.0  # unknown script
 
 
-def _latin_threshold(letters: int, only_hashtags: bool) -> float:
-    if only_hashtags:
-        return _HASHTAG_ONLY_THRESHOLD
-    for max_letters, thr in _LATIN_THRESHOLDS:
-        if letters < max_letters:
-            return thr
-    return _LATIN_THRESHOLDS[-1][1]
+def _prior(market: str | None, hint: str | None) -> dict[str, float]:
+    """Language weights for one post: its market's prior, times HINT_WEIGHT
+    for the hinted language."""
+    weights = DEFAULT_PRIOR
+    if market:
+        weights = MARKET_PRIORS.get(market.strip().lower(), DEFAULT_PRIOR)
+    code = _hint_code(hint)
+    if code is None:
+        return weights
+    out = dict(weights)
+    out[code] = out.get(code, 1.0) * HINT_WEIGHT
+    return out
+
+
+def _posterior(scores: dict[str, float], prior: dict[str, float]) -> dict[str, float]:
+    """Bayes' rule: a detector's probabilities (made under a flat prior) times
+    the prior, renormalised over the same languages."""
+    weighted = {c: p * prior.get(c, 1.0) for c, p in scores.items()}
+    total = sum(weighted.values())
+    return {c: w / total for c, w in weighted.items()} if total > 0 else {}
+
+
+def _cheap_pass(a: _Analysis, g: _Group) -> None:
+    """fastText-lite and cld2 on a group's text; lingua only when they are unsure.
+
+    Decides the group when fastText's top language over all it knows is a
+    candidate with probability >= _CHEAP_SURE, stays on top once the prior is
+    applied, and cld2 names it too. Otherwise sets ``g.cands``, the languages
+    lingua should compare.
+    """
+    cands = _lingua_codes(g.cls)
+    scores = _fasttext_scores(g.query)
+    top, top_p = scores[0] if scores else (UND, 0.0)
+    post = _posterior({c: p for c, p in scores if c in cands}, a.prior)
+    best = max(post, key=post.__getitem__) if post else UND
+    if best == top and top_p >= _CHEAP_SURE and _cld2_top(g.query) == best:
+        _answer(a, g, best, post)
+        return
+    if g.cls != "Latn":
+        g.cands = cands  # a handful of languages per script: lingua compares them all
+        return
+    # Latin: lingua compares only what fastText finds plausible, plus cld2's
+    # choice and the languages the prior favours (so the prior can still act).
+    plausible: list[str] = []
+    mass = 0.0
+    for c in sorted(post, key=post.__getitem__, reverse=True):
+        plausible.append(c)
+        mass += post[c]
+        if mass >= _PLAUSIBLE_MASS:
+            break
+    if not plausible:  # fastText sees no candidate at all: compare them all
+        plausible = list(cands)
+    extra = {_cld2_top(g.query)} | {c for c, w in a.prior.items() if w > 1.0}
+    chosen = set(plausible) | (extra & set(cands))
+    if len(chosen) == 1:
+        _answer(a, g, chosen.pop(), post)
+        return
+    g.cands = tuple(c for c in cands if c in chosen)
+
+
+def _answer(a: _Analysis, g: _Group, code: str, post: dict[str, float]) -> None:
+    """Settle a group on code; post is the posterior it was chosen from."""
+    g.cands = ()
+    confidence = post.get(code, 0.0)
+    if g.cls != "Latn":
+        # The script's main language stays unless the evidence is strong.
+        default = _SCRIPT_CANDIDATES[g.cls][0]
+        if code != default and confidence < _OTHER_SCRIPT_OVERRIDE:
+            code, confidence = default, max(g.confidence, post.get(default, 0.0))
+    elif a.only_hashtags and confidence < _HASHTAG_ONLY_THRESHOLD:
+        code = UND
+    g.code, g.confidence = code, confidence
 
 
 def _apply_lingua(a: _Analysis, g: _Group, ranked: list[tuple[str, float]]) -> None:
-    """Set the group's language from lingua's ranked (code, confidence) list."""
-    hint = _hint_code(a.hint)
-    if g.cls == "Latn":
-        top, conf = ranked[0] if ranked else (UND, 0.0)
-        thr = _latin_threshold(g.letters, a.only_hashtags)
-        if conf < thr and not a.only_hashtags:
-            # Second opinion: fastText (lite) restricted to the same candidates.
-            # When it names the same language with >= half of its probability
-            # mass we answer (measured: +13 points on single words, precision
-            # still ~97 %).
-            share = _fasttext_latin(g.query).get(top, 0.0)
-            if share >= _FASTTEXT_AGREE:
-                g.code, g.confidence = top, max(conf, (conf + share) / 2)
-                return
-        if conf < thr and hint in LATIN_CANDIDATES and not a.only_hashtags:
-            hconf = dict(ranked).get(hint, 0.0)
-            # A hint breaks near-ties on text we would not answer otherwise.
-            if hint == top or hconf >= conf - 0.25:
-                g.code, g.confidence = hint, hconf
-                return
-        if conf >= thr:
-            g.code, g.confidence = top, conf
-        else:
-            g.code, g.confidence = UND, conf
-        return
-    default = _SCRIPT_CANDIDATES[g.cls][0]
-    if ranked and ranked[0][0] != default and ranked[0][1] >= _OTHER_SCRIPT_OVERRIDE:
-        g.code, g.confidence = ranked[0]
-    else:
-        g.code = default
-        g.confidence = max(g.confidence, dict(ranked).get(default, 0.0))
+    """Set the group's language from lingua's (code, confidence) list and the prior."""
+    post = _posterior(dict(ranked), a.prior)
+    best = max(post, key=post.__getitem__) if post else UND
+    if best == UND and g.cls != "Latn":
+        best = _SCRIPT_CANDIDATES[g.cls][0]
+    _answer(a, g, best, post)
 
 
 def _latin_letters_only_short(a: _Analysis) -> None:
@@ -576,8 +636,9 @@ def _segments(a: _Analysis, groups: list[_Group]) -> tuple[Segment, ...]:
 # lingua, restricted per script
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _lingua_restricted(codes: tuple[str, ...]) -> Any:
+    # One detector per candidate set; lingua shares the language models between them.
     from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 
     langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in codes]
@@ -599,15 +660,22 @@ def _fasttext_lite() -> Any:
     return LangDetector(LangDetectConfig(custom_model_path=str(bundled), model="lite"))
 
 
-def _fasttext_latin(text: str) -> dict[str, float]:
-    """fastText-lite probabilities renormalised over LATIN_CANDIDATES."""
-    found = {}
-    for item in _fasttext_lite().detect(text, model="lite", k=40):
-        code = str(item["lang"])
-        if code in LATIN_CANDIDATES:
-            found[code] = float(item["score"])
-    total = sum(found.values())
-    return {c: p / total for c, p in found.items()} if total > 0 else {}
+def _fasttext_scores(text: str) -> list[tuple[str, float]]:
+    """fastText-lite's best _FASTTEXT_K (code, probability) over the 176 languages it knows."""
+    found = _fasttext_lite().detect(text, model="lite", k=_FASTTEXT_K)
+    return [(str(item["lang"]), float(item["score"])) for item in found]
+
+
+def _cld2_top(text: str) -> str:
+    """cld2's best language for text, "und" when it has none."""
+    import pycld2
+
+    try:
+        _reliable, _nbytes, details = pycld2.detect(text, bestEffort=True)
+    except pycld2.error:  # invalid UTF-8 (lone surrogates): no opinion
+        return UND
+    code = details[0][1]
+    return UND if code in ("un", "xxx") else code
 
 
 def _lingua_codes(cls: str) -> tuple[str, ...]:
@@ -618,29 +686,47 @@ def _ranked(values: Any) -> list[tuple[str, float]]:
     return [(v.language.iso_code_639_1.name.lower(), float(v.value)) for v in values]
 
 
-def detect_batch(
-    texts: Sequence[str], hints: Sequence[str | None] | None = None
-) -> list[LanguageResult]:
-    """Detect many posts at once.
+# A candidate set with at least this many distinct texts in one batch goes
+# through lingua's parallel call; fewer are cheaper one by one.
+_LINGUA_PARALLEL_MIN = 8
 
-    Script rules run per post; the texts that need lingua are de-duplicated
-    and sent in one parallel call per script (lingua uses all cores).
+
+def detect_batch(
+    texts: Sequence[str],
+    hints: Sequence[str | None] | None = None,
+    *,
+    markets: Sequence[str | None] | None = None,
+) -> list[LanguageResult]:
+    """Detect many posts at once; ``markets`` (e.g. "cn", "intl") picks each
+    post's prior (MARKET_PRIORS; None or unknown: DEFAULT_PRIOR).
+
+    Script rules run per post; text they leave open goes to fastText-lite and
+    cld2, and only where those are unsure to lingua, restricted to the
+    plausible languages. lingua's texts are de-duplicated and sent in one
+    parallel call per candidate set when there are enough of them.
     """
+    n = len(texts)
     if hints is None:
-        hints = [None] * len(texts)
-    elif len(hints) != len(texts):
+        hints = [None] * n
+    elif len(hints) != n:
         raise ValueError("hints must be as long as texts")
-    analyses = [_analyse(t or "", h) for t, h in zip(texts, hints, strict=True)]
-    pending: dict[str, dict[str, list[tuple[_Analysis, _Group]]]] = {}
+    if markets is None:
+        markets = [None] * n
+    elif len(markets) != n:
+        raise ValueError("markets must be as long as texts")
+    analyses = [_analyse(t or "", h, m) for t, h, m in zip(texts, hints, markets, strict=True)]
+    pending: dict[tuple[str, ...], dict[str, list[tuple[_Analysis, _Group]]]] = {}
     for a in analyses:
         for g in a.groups.values():
             if g.query:
-                pending.setdefault(g.cls, {}).setdefault(g.query, []).append((a, g))
-    for cls, by_query in pending.items():
-        det = _lingua_restricted(_lingua_codes(cls))
+                _cheap_pass(a, g)
+                if g.cands:
+                    pending.setdefault(g.cands, {}).setdefault(g.query, []).append((a, g))
+    for cands, by_query in pending.items():
+        det = _lingua_restricted(cands)
         queries = list(by_query)
-        if len(queries) == 1:
-            all_values = [det.compute_language_confidence_values(queries[0])]
+        if len(queries) < _LINGUA_PARALLEL_MIN:
+            all_values = [det.compute_language_confidence_values(q) for q in queries]
         else:
             all_values = det.compute_language_confidence_values_in_parallel(queries)
         for q, values in zip(queries, all_values, strict=True):
@@ -650,9 +736,9 @@ def detect_batch(
     return [_finish(a) for a in analyses]
 
 
-def detect(text: str, hint: str | None = None) -> LanguageResult:
+def detect(text: str, hint: str | None = None, *, market: str | None = None) -> LanguageResult:
     """Primary language of one post; "und" when unsure. See the module doc."""
-    return detect_batch([text], [hint])[0]
+    return detect_batch([text], [hint], markets=[market])[0]
 
 
 # --------------------------------------------------------------------------
@@ -746,10 +832,24 @@ def _make_cld2() -> Backend:
 
 
 def warm_up() -> None:
-    """Build the default detector's models now (lingua loads them lazily,
-    ~5 s on first Latin text); the worker may call this at start-up."""
+    """Load every model the default detector can use now (~8 s; lingua otherwise
+    loads each language's n-gram models on first use, tens of ms at a time);
+    the worker calls this at start-up."""
+    _lingua_preloaded()
     detect_batch(["warm up the detector", "Привет мир", "مرحبا", "नमस्ते दुनिया"])
-    _fasttext_latin("warm up")
+
+
+@functools.lru_cache(maxsize=1)
+def _lingua_preloaded() -> Any:
+    # lingua keeps loaded models in one cache shared by all its detectors, so
+    # preloading them through this detector serves every candidate set later.
+    from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+    codes = dict.fromkeys(
+        (*LATIN_CANDIDATES, *(c for cs in _SCRIPT_CANDIDATES.values() for c in cs))
+    )
+    langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in codes]
+    return LanguageDetectorBuilder.from_languages(*langs).with_preloaded_language_models().build()
 
 
 #: Backend factories by name; build them with get_detector(name).
