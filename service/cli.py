@@ -185,22 +185,47 @@ def _embedding_cache(settings: Settings):
 
 @model_app.command("finetune")
 def model_finetune(
-    layers: int = typer.Option(4, help="top transformer layers to fine-tune"),
+    layers: int = typer.Option(4, help="top transformer layers to fine-tune; 12 = the whole encoder"),
     epochs: int = typer.Option(2, help="passes over the train split"),
     cap: int = typer.Option(1000, help="at most this many rows per dataset and label set"),
+    samples_per_epoch: int = typer.Option(
+        0, help="draws per epoch by sample weight (0: every train example once)"
+    ),
+    batch_size: int = typer.Option(32, help="texts per step (similar lengths together)"),
+    checkpointing: bool = typer.Option(False, help="gradient checkpointing (less memory)"),
+    resume: bool = typer.Option(False, help="continue from the checkpoint in --checkpoint-dir"),
+    checkpoint_dir: Path = typer.Option(None, help="checkpoints (default: <data dir>/finetune)"),
+    checkpoint_every: float = typer.Option(300, help="seconds between checkpoints"),
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
 ) -> None:
-    """Fine-tune the encoder's top layers on the train split (CPU, bf16; ~20 min for 4 layers)."""
+    """Fine-tune the encoder (top layers, or all 12) on the train split; CPU, bf16 autocast;
+    resumable (Ctrl-C saves; `--resume` continues). ~20 min for 4 layers on 2 cores."""
     from service.classifier.datasets import load_examples
     from service.classifier.encoder import Encoder
-    from service.classifier.finetune import TUNED_DIR, FinetuneSettings, finetune
+    from service.classifier.finetune import (
+        TUNED_DIR,
+        FinetuneInterrupted,
+        FinetuneSettings,
+        finetune,
+    )
 
     settings = get_settings()
     ensure_model(settings)
     base = Encoder(settings.resolved_model_dir, max_length=settings.max_length_tokens,
                    threads=settings.torch_threads)  # fmt: skip
-    manifest = finetune(base, load_examples(cap_per_label=cap), out or settings.tuned_dir or TUNED_DIR,
-                        FinetuneSettings(layers=layers, epochs=epochs), log=typer.echo)  # fmt: skip
+    run = FinetuneSettings(layers=layers, epochs=epochs, batch_size=batch_size,
+                           samples_per_epoch=samples_per_epoch, checkpointing=checkpointing)  # fmt: skip
+    try:
+        manifest = finetune(base, load_examples(cap_per_label=cap or None),
+                            out or settings.tuned_dir or TUNED_DIR, run, log=typer.echo,
+                            checkpoint_dir=checkpoint_dir or settings.data_dir / "finetune",
+                            checkpoint_every_s=checkpoint_every, resume=resume)  # fmt: skip
+    except FinetuneInterrupted as exc:
+        typer.echo(f"{exc}: run again with --resume to continue", err=True)
+        raise typer.Exit(130) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps({k: manifest[k] for k in ("version", "layers", "epoch_losses")}))
     typer.echo("now run `floodgate model train`: the heads belong to the encoder they were fitted on")
 
@@ -208,9 +233,14 @@ def model_finetune(
 @model_app.command("train")
 def model_train(
     out: Path = typer.Option(None, help="where to write the heads (default: models/heads)"),
-    cap: int = typer.Option(1000, help="at most this many rows per dataset and label set"),
+    cap: int = typer.Option(
+        4000, help="rows read per dataset and label set (a budget; 0: all); balance is by weights"
+    ),
     ablation: bool = typer.Option(
         True, help="also train without the seeds, to measure what they add"
+    ),
+    without: list[str] = typer.Option(
+        [], "--without", help="also train without this source (repeatable), to measure it"
     ),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
@@ -218,7 +248,8 @@ def model_train(
 
     settings = get_settings()
     manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
-                     TrainSettings(cap_per_label=cap), log=typer.echo, ablate=ablation)  # fmt: skip
+                     TrainSettings(cap_per_label=cap), log=typer.echo, ablate=ablation,
+                     ablate_sources=tuple(without))  # fmt: skip
     typer.echo(
         json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
     )
@@ -255,14 +286,18 @@ def model_lexicon(
 def model_eval(
     heads: Path = typer.Option(None, help="heads directory (default: models/heads)"),
     card: bool = typer.Option(True, help="write the tables into models/README.md"),
+    transfer_cap: int = typer.Option(
+        1000, help="rows per label of the evaluation-only datasets (0: skip that table)"
+    ),
 ) -> None:
-    """Held-out metrics, HateCheck, MHC (Mandarin) and XSTest; tables into the model card."""
+    """Held-out metrics, HateCheck, MHC (Mandarin), XSTest and the evaluation-only datasets
+    (accuracy and F1 per label); tables into the model card."""
     from service.classifier.evaluate import evaluate, tables
     from service.classifier.heads import HEADS_DIR
 
     settings = get_settings()
     result = evaluate(_embedding_cache(settings), heads or settings.heads_dir or HEADS_DIR,
-                      write_card=card, log=typer.echo)  # fmt: skip
+                      write_card=card, log=typer.echo, transfer_cap=transfer_cap)  # fmt: skip
     typer.echo(tables(result))
 
 

@@ -7,7 +7,11 @@
   reaches the hate threshold;
 * MHC, the Mandarin HateCheck: accuracy overall and per functionality;
 * XSTest: the share of its 250 safe prompts that any harmful category flags (false flags),
-  and for reference the share of its unsafe prompts flagged.
+  and for reference the share of its unsafe prompts flagged;
+* transfer to real posts: the evaluation-only (NON-COMMERCIAL) datasets, never trained on -
+  real Chinese platform comments (CHNCI, harassment), Chinese fraud texts (scam_spam),
+  DynaHate (hate) - accuracy and F1 per label at the policy's thresholds, and the accuracy
+  on every dataset label (e.g. each fraud script) - see `transfer`.
 
 None of these suites is used for training. Results go to models/heads/eval.json and the
 tables into models/README.md (between the EVAL markers).
@@ -22,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.classifier.datasets import CATEGORIES, load_examples
+from service.classifier.datasets import CATEGORIES, SOURCES, load_eval_only, load_examples
 from service.classifier.heads import HEADS_DIR, TrainedHeads
-from service.classifier.train import OUTPUTS, split_metrics, targets
+from service.classifier.train import OUTPUTS, average_precision, split_metrics, targets
 from service.config import REPO_ROOT
 
 SHARED_EVAL = REPO_ROOT.parent / "shared" / "data" / "eval"
@@ -105,8 +109,64 @@ def xstest(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
 
 
 def _test_split(heads: TrainedHeads) -> list:
-    cap = heads.manifest["settings"]["cap_per_label"]
-    return [e for e in load_examples(cap_per_label=cap) if e.split == "test"]
+    """The heads' own test split: the sources and row budget they were trained with (heads
+    trained before a source was added are judged on the data they knew)."""
+    cap = heads.manifest["settings"]["cap_per_label"] or None
+    names = heads.manifest.get("sources") or sorted(
+        {k.split("/")[0] for k in heads.manifest.get("data", {})}
+    )
+    examples = load_examples(cap_per_label=cap, sources=tuple(names) or None)
+    return [e for e in examples if e.split == "test"]
+
+
+def _f1(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    tp = float((pred & truth).sum())
+    if not truth.any() and not pred.any():
+        return None
+    return 2 * tp / (float(pred.sum()) + float(truth.sum()))
+
+
+def transfer(
+    cache, heads: TrainedHeads, examples: list | None = None, cap_per_tag: int = 1000
+) -> dict:
+    """The evaluation-only datasets (never trained on): per dataset, its category's accuracy
+    and F1 of both labels (positive: the dataset's harmful label; negative: the rest) at the
+    heads' thresholds, also when any harmful category counts as a flag; per dataset label,
+    the share judged right and the mean score."""
+    examples = examples if examples is not None else load_eval_only(cap_per_tag=cap_per_tag)
+    if not examples:
+        return {}
+    emb = cache.embed([e.text for e in examples], prefix="query: ")
+    probs = heads.probabilities(emb, [e.language for e in examples])
+    probs = probs[:, [heads.outputs.index(o) for o in OUTPUTS]]
+    flagged = probs >= np.array([heads.thresholds[o] for o in OUTPUTS])
+    harmful = [OUTPUTS.index(c) for c in CATEGORIES]
+    covers = {src.name: src.covers for src in SOURCES}
+    out: dict = {}
+    for name in sorted({e.source for e in examples}):
+        sel = np.array([e.source == name for e in examples])
+        (cat,) = covers[name]  # each evaluation-only source labels one category
+        j = OUTPUTS.index(cat)
+        rows = [e for e in examples if e.source == name]
+        truth = np.array([cat in e.labels for e in rows])
+        # "own": the dataset's category flags the row; "any": any harmful category does
+        ways = {"own": flagged[sel, j], "any": flagged[sel][:, harmful].any(1)}
+        r: dict = {"category": cat, "language": rows[0].language, "n": len(rows),
+                   "positives": int(truth.sum()), "auprc": average_precision(probs[sel, j], truth)}  # fmt: skip
+        for way, pred in ways.items():
+            pos, neg = _f1(pred, truth), _f1(~pred, ~truth)
+            r[way] = {"accuracy": float((pred == truth).mean()), "f1_positive": pos,
+                      "f1_negative": neg, "macro_f1": (pos + neg) / 2 if None not in (pos, neg) else None}  # fmt: skip
+        tags = np.array([e.tag for e in rows])
+        r["by_label"] = {
+            tag: {"n": int((tags == tag).sum()), "harmful": bool(truth[tags == tag][0]),
+                  "accuracy": float((ways["own"] == truth)[tags == tag].mean()),
+                  "accuracy_any": float((ways["any"] == truth)[tags == tag].mean()),
+                  "mean_score": float(probs[sel, j][tags == tag].mean())}
+            for tag in sorted(set(tags))
+        }  # fmt: skip
+        out[name] = r
+    return out
 
 
 def _held_out_probs(cache, heads: TrainedHeads, examples: list) -> np.ndarray:
@@ -216,6 +276,7 @@ def evaluate(
     log=print,
     policy_path: Path = REPO_ROOT / "policies" / "default.yaml",
     variants: bool = True,
+    transfer_cap: int = 1000,
 ) -> dict:
     heads = TrainedHeads(heads_dir, encoder_version=cache.version)
     # judge the model at the thresholds the default policy applies (calibrated: one number
@@ -240,6 +301,11 @@ def evaluate(
     result["mhc_mandarin"] = mhc(cache, heads)
     log("XSTest ...")
     result["xstest"] = xstest(cache, heads)
+    if transfer_cap:
+        log("evaluation-only datasets (transfer to real posts) ...")
+        result["transfer"] = transfer(cache, heads, cap_per_tag=transfer_cap)
+    if "without_source" in trained:
+        result["source_ablation"] = {"with": trained["test"], "without": trained["without_source"]}
     (Path(heads_dir) / "eval.json").write_text(
         json.dumps(result, indent=1, ensure_ascii=False) + "\n"
     )
@@ -273,6 +339,19 @@ def tables(result: dict) -> str:
             for lang, r in rows.items():
                 other = without.get(name, {}).get(lang, {}).get("auprc")
                 lines.append(f"| {name} | {lang} | {_f(r['auprc'])} | {_f(other)} |")
+    if result.get("source_ablation"):
+        with_, without = result["source_ablation"]["with"], result["source_ablation"]["without"]
+        names = list(without)
+        lines += ["", "### What each data source adds (same test split, AUPRC)", "",
+                  "Each column: the heads trained again without that source's rows (training and "
+                  "calibration), tested on the same split as the full model. A drop means the "
+                  "source helps that cell.", "",
+                  "| category | language | all sources | " + " | ".join(f"without {n}" for n in names) + " |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]  # fmt: skip
+        for cat, rows in with_.items():
+            for lang, r in rows.items():
+                cells = [_f(without[n].get(cat, {}).get(lang, {}).get("auprc")) for n in names]
+                lines.append(f"| {cat} | {lang} | {_f(r['auprc'])} | " + " | ".join(cells) + " |")
     if "serving_variants" in result:
         sv = result["serving_variants"]
         names = list(sv)
@@ -328,6 +407,30 @@ def tables(result: dict) -> str:
               f"(target <= 5 %); unsafe prompts flagged: {xs['unsafe_flag_rate']:.1%}.", "",
               "| safe prompt type | false-flag rate |", "| --- | --- |"]  # fmt: skip
     lines += [f"| {k} | {v:.1%} |" for k, v in xs["false_flags_by_type"].items()]
+    if result.get("transfer"):
+        tr = result["transfer"]
+        lines += ["", "### Transfer to real posts: evaluation-only datasets (never trained on)", "",
+                  "NON-COMMERCIAL datasets, used only to measure: a deterministic sample of at most "
+                  "1,000 rows per dataset label. *category*: the dataset's category at the policy's "
+                  "threshold; *any*: any harmful category flags the post. F1 of each label "
+                  "(harmful / not), accuracy, and AUPRC of the category's score.", "",
+                  "| dataset | language | category | n | harmful | AUPRC | accuracy | F1 harmful | "
+                  "F1 not | macro-F1 | accuracy (any) | F1 harmful (any) | F1 not (any) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name, r in tr.items():
+            c, a = r["own"], r["any"]
+            lines.append(f"| {name} | {r['language']} | {r['category']} | {r['n']} | {r['positives']} | "
+                         f"{_f(r['auprc'])} | {_f(c['accuracy'])} | {_f(c['f1_positive'])} | "
+                         f"{_f(c['f1_negative'])} | {_f(c['macro_f1'])} | {_f(a['accuracy'])} | "
+                         f"{_f(a['f1_positive'])} | {_f(a['f1_negative'])} |")  # fmt: skip
+        lines += ["", "Per dataset label: the share judged right (harmful labels: flagged; the "
+                  "others: not flagged) and the mean calibrated score of the dataset's category.", "",
+                  "| dataset | label | harmful | n | accuracy | accuracy (any) | mean score |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for name, r in tr.items():
+            for tag, t in r["by_label"].items():
+                lines.append(f"| {name} | {tag} | {'yes' if t['harmful'] else 'no'} | {t['n']} | "
+                             f"{_f(t['accuracy'])} | {_f(t['accuracy_any'])} | {_f(t['mean_score'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
