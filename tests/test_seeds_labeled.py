@@ -46,6 +46,12 @@ REQUIRED = {
     "benign_hard.zh",
     "benign.en",
     "benign.zh",
+    # real-platform Chinese abuse and spam (issue 15)
+    "harassment.zh",
+    "scam_spam_platform.zh",
+    "sexual_platform.zh",
+    "gambling_platform.zh",
+    "benign_platform.zh",
 }
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
@@ -109,11 +115,11 @@ def test_schema(path: Path):
     assert isinstance(data["source"], str) and data["source"].startswith(
         "written for Floodgate (seeds/labeled)"
     )
-    # file name: <group>.<language>.yaml, where the group names the category
+    # file name: <group>.<language>.yaml, where the group is the category, or the category
+    # and a theme after an underscore (scam_spam_platform, benign_hard)
     group, lang = path.stem.rsplit(".", 1)
     assert lang == data["language"]
-    expected_cat = "benign" if group.startswith("benign") else group
-    assert data["category"] == expected_cat
+    assert group == data["category"] or group.startswith(data["category"] + "_"), path.name
     assert isinstance(data["examples"], list) and data["examples"]
     for ex in data["examples"]:
         if isinstance(ex, str):
@@ -250,3 +256,58 @@ def test_readme_counts_match():
         assert re.search(rf"`{re.escape(name)}`\s*\|\s*[^|]*\|\s*[^|]*\|\s*{n}\s*\|", readme), (
             f"README.md should list {name} with {n} examples"
         )
+
+
+# --------------------------------------------------------------------------- no overlap with
+# evaluation data: the functional suites (eval/) and the evaluation-only (NON-COMMERCIAL)
+# datasets are what the model is measured on; a seed copied from them would inflate it.
+
+SHARED = REPO.parent / "shared" / "data"
+# a shared run of this many tokens (Han characters, or words) is a copy, not a coincidence
+WINDOW = 12
+_TOKEN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+")
+
+
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(_TOKEN.findall(_norm(text)))
+
+
+def _evaluation_texts() -> list[str]:
+    import csv
+
+    texts: list[str] = []
+    suites = {"hatecheck/test_suite_cases.csv": "test_case",
+              "mhc_mandarin/hatecheck_cases_final_mandarin.csv": "test_case",
+              "xstest/xstest_prompts.csv": "prompt"}  # fmt: skip
+    for rel, col in suites.items():
+        with (SHARED / "eval" / rel).open(encoding="utf-8-sig", newline="") as fh:
+            texts += [r[col] for r in csv.DictReader(fh)]
+    from service.classifier.datasets import SHARED_TRAIN, SOURCES
+
+    for src in SOURCES:
+        if src.eval_only:
+            texts += [t for t, _, _ in src.rows(SHARED_TRAIN)]
+    return texts
+
+
+@pytest.mark.skipif(not (SHARED / "eval").is_dir() or not (SHARED / "train").is_dir(),
+                    reason="../shared/data is not here")  # fmt: skip
+def test_no_example_copies_evaluation_data():
+    """No seed equals, or shares a run of 12 Han characters or words with, a HateCheck / MHC /
+    XSTest case or a row of the evaluation-only datasets (CHNCI, the fraud texts, DynaHate)."""
+    seeds = {_tokens(t): (p.name, t) for p in FILES for t, _ in _examples(p)}
+    windows: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for key in seeds:
+        for i in range(len(key) - WINDOW + 1):
+            windows.setdefault(key[i : i + WINDOW], key)
+    hits = []
+    for text in _evaluation_texts():
+        key = _tokens(text)
+        if key in seeds:
+            hits.append((seeds[key], text))
+            continue
+        for i in range(len(key) - WINDOW + 1):
+            if key[i : i + WINDOW] in windows:
+                hits.append((seeds[windows[key[i : i + WINDOW]]], text))
+                break
+    assert not hits, hits[:10]
