@@ -112,11 +112,10 @@ def _test_split(heads: TrainedHeads) -> list:
     """The heads' own test split: the sources and row budget they were trained with (heads
     trained before a source was added are judged on the data they knew)."""
     cap = heads.manifest["settings"]["cap_per_label"] or None
-    names = heads.manifest.get("sources") or sorted(
-        {k.split("/")[0] for k in heads.manifest.get("data", {})}
-    )
-    examples = load_examples(cap_per_label=cap, sources=tuple(names) or None)
-    return [e for e in examples if e.split == "test"]
+    known = set(heads.manifest.get("data", {}))  # sources and seed files, e.g. "seeds/benign.en"
+    names = tuple(sorted({k.split("/")[0] for k in known})) or None
+    examples = load_examples(cap_per_label=cap, sources=names)
+    return [e for e in examples if e.split == "test" and (not known or e.source in known)]
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float | None:

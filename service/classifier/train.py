@@ -308,7 +308,8 @@ def train(
     """Embed (cached), train, calibrate, evaluate, and write the heads into `out_dir`.
 
     `ablate` also trains without the hand-written seeds, and `ablate_sources` without each
-    named source (e.g. "convabuse", or "seeds/harassment" for one seed file's rows): their
+    named source (e.g. "convabuse"; "seeds/harassment.zh" for one seed file; "a+b" for both
+    at once): their
     test-split metrics go into the manifest, to say what each adds."""
     import torch
     from safetensors.torch import save_file
@@ -356,10 +357,12 @@ def train(
             np.array([e.source.startswith("seeds/") for e in examples])
         )
     for name in ablate_sources:
-        # what one data source adds: trained without its rows, tested on the same split
+        # what one data source adds (or a group, "a+b"): trained without its rows, tested on
+        # the same split
         log(f"  without {name} ...")
-        metrics.setdefault("without_source", {})[name] = without(
-            np.array([e.source == name or e.source.startswith(name + "/") for e in examples]))  # fmt: skip
+        group = name.split("+")
+        drop = [any(e.source == g or e.source.startswith(g + "/") for g in group) for e in examples]
+        metrics.setdefault("without_source", {})[name] = without(np.array(drop))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_base, encoder_precision = split_version(cache.version)
