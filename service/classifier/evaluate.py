@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.classification import f1, mask_counts, prf
 from service.classifier.datasets import CATEGORIES, SOURCES, load_eval_only, load_examples
 from service.classifier.heads import HEADS_DIR, TrainedHeads
 from service.classifier.train import OUTPUTS, average_precision, split_metrics, targets
@@ -119,10 +120,7 @@ def _test_split(heads: TrainedHeads) -> list:
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    tp = float((pred & truth).sum())
-    if not truth.any() and not pred.any():
-        return None
-    return 2 * tp / (float(pred.sum()) + float(truth.sum()))
+    return f1(*mask_counts(pred, truth))
 
 
 def transfer(
@@ -245,13 +243,8 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
             rows[lang] = {"n": int(keep.sum()), "positives": int(truth.sum())}
             for name, flagged in ways.items():
                 f = flagged[keep]
-                tp, fp = int((f & truth).sum()), int((f & ~truth).sum())
-                precision = tp / (tp + fp) if tp + fp else None
-                recall = tp / truth.sum() if truth.sum() else None
-                f1 = (2 * precision * recall / (precision + recall)
-                      if precision and recall else 0.0 if recall is not None else None)  # fmt: skip
-                rows[lang][name] = {"precision": precision, "recall": recall, "f1": f1,
-                                    "false_flags": fp}  # fmt: skip
+                tp, fp, fn = mask_counts(f, truth)
+                rows[lang][name] = {**prf(tp, fp, fn), "false_flags": fp}
         negatives = [f for f in everything if lexicon._is_negative(f.example, lst.category)]
         out[lst.name] = {"category": lst.category, "splits": rows,
                          "uncapped_negatives": len(negatives),

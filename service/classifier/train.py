@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.classification import mask_counts, prf
 from service.classifier.datasets import (
     CATEGORIES,
     Example,
@@ -242,14 +243,7 @@ def average_precision(scores: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def f1_at(scores: np.ndarray, y: np.ndarray, threshold: float) -> dict:
-    pred = scores >= threshold
-    tp = float((pred & (y > 0)).sum())
-    fp = float((pred & (y == 0)).sum())
-    fn = float((~pred & (y > 0)).sum())
-    p = tp / (tp + fp) if tp + fp else None
-    r = tp / (tp + fn) if tp + fn else None
-    f1 = 2 * p * r / (p + r) if p and r else 0.0 if (p is not None and r is not None) else None
-    return {"precision": p, "recall": r, "f1": f1}
+    return prf(*mask_counts(scores >= threshold, y > 0))
 
 
 def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service import classification
+
 FLAG_ACTIONS = frozenset({"limit_reach", "review", "remove"})
 ACTIONS = ("allow", "label", "limit_reach", "review", "remove")
 
@@ -197,10 +199,9 @@ def flagged_categories(decision: Mapping[str, Any], categories: Iterable[str]) -
 def quality(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
             categories: Sequence[str]) -> dict[str, Any]:  # fmt: skip
     """(truth, decision) pairs -> precision/recall per category x truth language, the same
-    over all languages ("all"), and action counts per truth kind."""
-    tp: Counter = Counter()
-    fp: Counter = Counter()
-    fn: Counter = Counter()
+    over all languages ("all"), and action counts per truth kind (``service.classification``,
+    3 digits)."""
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
     by_kind: dict[str, Counter] = defaultdict(Counter)
     by_kind_lang: dict[str, Counter] = defaultdict(Counter)
     for truth, decision in pairs:
@@ -208,23 +209,20 @@ def quality(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
         want = set(truth.get("categories") or ())
         got = flagged_categories(decision, categories)
         for c in categories:
-            for key in ((c, lang), (c, "all")):
-                if c in want and c in got:
-                    tp[key] += 1
-                elif c in got:
-                    fp[key] += 1
-                elif c in want:
-                    fn[key] += 1
+            cell = classification.outcome(c in want, c in got)
+            if cell != "tn":
+                for key in ((c, lang), (c, "all")):
+                    counts[key][cell] += 1
         by_kind[truth["kind"]][decision.get("action")] += 1
         by_kind_lang[f"{truth['kind']}|{lang}"][decision.get("action")] += 1
     rows = []
-    for key in sorted(set(tp) | set(fp) | set(fn), key=lambda k: (k[0], k[1] != "all", k[1])):
-        t, f, n = tp[key], fp[key], fn[key]
+    for key in sorted(counts, key=lambda k: (k[0], k[1] != "all", k[1])):
+        t, f, n = (counts[key][cell] for cell in ("tp", "fp", "fn"))
         rows.append({
             "category": key[0], "language": key[1], "tp": t, "fp": f, "fn": n,
             "support": t + n,
-            "precision": round(t / (t + f), 3) if t + f else None,
-            "recall": round(t / (t + n), 3) if t + n else None,
+            "precision": classification.precision(t, f, 3),
+            "recall": classification.recall(t, n, 3),
         })  # fmt: skip
     return {
         "definition": "flagged for c: action in {limit_reach, review, remove} and a reason "
