@@ -15,10 +15,11 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+import redis
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -33,12 +34,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
+from service.heartbeat import read_live
 from service.policy import PolicyError, load_policy
 from service.policy.library import PolicyDirectory, PolicyRefused
 from service.policy.parse import LoadedPolicy, load_bundle, policy_files
-from service.queue import AsyncProducer, Keys
-from service.redisdb import connect, connect_async
+from service.queue import FULL, QUEUED, AsyncProducer, Keys
+from service.redisdb import UNAVAILABLE, clients_for
 from service.schemas import (
+    POST_ID,
     Accepted,
     BatchIn,
     BatchItemResult,
@@ -78,16 +81,32 @@ def _errors(
     ]
 
 
-def error_response(status: int, error: str, detail: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": error, "detail": detail})
+def error_response(
+    status: int, error: str, detail: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": error, "detail": detail},
+                        headers=headers)  # fmt: skip
+
+
+def unavailable(message: str, retry_after_s: int = 2) -> JSONResponse:
+    return error_response(503, "unavailable", [{"field": "server", "message": message,
+                          "type": "unavailable"}], {"Retry-After": str(retry_after_s)})  # fmt: skip
+
+
+BACKLOG_FULL = {
+    "field": "post",
+    "message": "the moderation backlog is full; send it again after Retry-After seconds",
+    "type": "backlog_full",
+}
 
 
 class BodyGuard:
     """Refuse oversize and non-UTF-8 request bodies before the app reads them."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, read_timeout_s: float = 15.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -100,10 +119,20 @@ class BodyGuard:
                                f"body is {int(declared)} bytes; the limit is {self.max_bytes}")  # fmt: skip
             return
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.read_timeout_s
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+            try:
+                # the whole body within the timeout: a client that stalls below its declared
+                # length must not hold a connection (and its memory) forever
+                message = await asyncio.wait_for(
+                    receive(), max(deadline - asyncio.get_running_loop().time(), 0.001)
+                )
+            except TimeoutError:
+                await self._refuse(scope, receive, send, 408, "body_timeout",
+                                   f"the body did not arrive within {self.read_timeout_s:g} s")  # fmt: skip
                 return
+            if message["type"] == "http.disconnect":
+                return  # the client went away mid-body: nothing to answer, nothing to log
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
@@ -171,6 +200,10 @@ class Metrics:
         self.throughput = Gauge(
             "floodgate_decisions_per_second", "Decisions per second, last minute", registry=r
         )
+        self.redis_up = Gauge("floodgate_redis_up", "1 when Redis answered the last scrape", registry=r)
+        self.workers = Gauge(
+            "floodgate_workers_alive", "Workers with a fresh heartbeat", registry=r
+        )
 
     def update(self, stats: dict) -> None:
         self.backlog.set(stats["stream"]["length"])
@@ -201,7 +234,7 @@ def publish(registry: PolicyRegistry, lp: LoadedPolicy, role: str = "live") -> d
     return {"role": role, "name": lp.name, "version": lp.version, "changed": changed}
 
 
-def publish_file(registry: PolicyRegistry, path: Path, role: str = "live") -> dict:
+def publish_file(registry: PolicyRegistry, path: FilePath, role: str = "live") -> dict:
     """Validate the policy at `path` (server configuration, never a client's path) and
     publish it. Raises PolicyError (with `check`'s file:line errors) and then changes nothing.
     """
@@ -219,7 +252,7 @@ def _publish_at_start(registry: PolicyRegistry, settings: Settings) -> None:
         publish_file(registry, settings.shadow_policy_path, role="shadow")
 
 
-def _fingerprint(path: Path) -> tuple:
+def _fingerprint(path: FilePath) -> tuple:
     """Modification times and sizes of the policy and the files it includes."""
     try:
         files = policy_files(path)
@@ -266,12 +299,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        client = connect_async(settings.redis_url)
-        sync_client = connect(settings.redis_url)
+        sync_client, client = clients_for(settings)
         state["client"] = client
-        state["producer"] = AsyncProducer(client, keys, settings.decision_ttl_s)
+        state["producer"] = AsyncProducer(
+            client, keys, settings.decision_ttl_s, settings.max_backlog
+        )
         state["reader"] = DecisionReader(client, keys, settings.consumer_group)
         state["moderator_lock"] = asyncio.Lock()
+        state["sync_slots"] = asyncio.Semaphore(settings.max_sync_inflight)
         registry = PolicyRegistry(sync_client, keys)
         state["registry"] = registry
         state["shadow_stats"] = ShadowStats(sync_client, keys)
@@ -283,6 +318,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if watcher:
             watcher.cancel()
         await client.aclose()
+        await client.connection_pool.disconnect()
         sync_client.close()
 
     app = FastAPI(
@@ -291,7 +327,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Content moderation for a bilingual platform under an influx.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuard, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
+    )
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
+        # Redis away (down, restarting, loading, pool exhausted): a JSON 503 the client can
+        # retry after; nothing accepted is lost, since a 202 is only sent after Redis replied
+        if isinstance(exc, UNAVAILABLE):
+            return unavailable(f"Redis is unavailable ({type(exc).__name__}); retry shortly")
+        log.exception("Redis error")
+        return error_response(500, "internal_error",
+                              [{"field": "server", "message": "storage error", "type": "redis"}])  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error",
+                              [{"field": "server", "message": "internal error", "type": "internal"}])  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -318,15 +372,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def _new_id() -> str:
         return f"p_{uuid.uuid4().hex}"
 
+    async def retry_after() -> int:
+        """Seconds until the workers have drained 5 % of the backlog bound, at the rate of
+        the last 10 s (1..60): long enough to matter, short enough not to idle them."""
+        rate = await state["reader"].recent_rate(10)
+        return int(min(60, max(1, 0.05 * settings.max_backlog / max(rate, 1.0))))
+
+    async def backlog_full() -> JSONResponse:
+        return error_response(429, "backlog_full", [BACKLOG_FULL],
+                              {"Retry-After": str(await retry_after())})  # fmt: skip
+
     @app.post("/v1/posts", status_code=202, response_model=Accepted, tags=["posts"])
     async def submit(post: PostIn) -> Any:
         """Queue a post. The 202 is sent once the post is durably in Redis."""
         post_id = post.post_id or _new_id()
-        [new] = await state["producer"].enqueue_many(
+        [outcome] = await state["producer"].enqueue_many(
             [(post_id, post.model_dump(mode="json", exclude_none=True))]
         )
-        metrics.posts.labels("queued" if new else "duplicate").inc()
-        return Accepted(post_id=post_id, status="queued" if new else "duplicate")
+        if outcome == FULL:
+            metrics.posts.labels("refused").inc()
+            return await backlog_full()
+        metrics.posts.labels(outcome).inc()
+        return Accepted(post_id=post_id, status=outcome)
 
     @app.post("/v1/posts/batch", status_code=202, response_model=BatchResult, tags=["posts"])
     async def submit_batch(batch: BatchIn) -> Any:
@@ -342,17 +409,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 continue
             post_id = post.post_id or _new_id()
             good.append((i, post_id, post.model_dump(mode="json", exclude_none=True)))
-        flags = await state["producer"].enqueue_many([(pid, p) for _, pid, p in good])
-        for (i, post_id, _), new in zip(good, flags, strict=True):
-            results.append(
-                BatchItemResult(index=i, post_id=post_id, status="queued" if new else "duplicate")
-            )
+        outcomes = await state["producer"].enqueue_many([(pid, p) for _, pid, p in good])
+        for (i, post_id, _), outcome in zip(good, outcomes, strict=True):
+            if outcome == FULL:
+                results.append(BatchItemResult(index=i, post_id=post_id, status="rejected",
+                                               errors=[BACKLOG_FULL]))  # fmt: skip
+            else:
+                results.append(BatchItemResult(index=i, post_id=post_id, status=outcome))
         results.sort(key=lambda r: r.index)
         accepted = sum(r.status != "rejected" for r in results)
-        metrics.posts.labels("queued").inc(sum(flags))
-        metrics.posts.labels("duplicate").inc(len(flags) - sum(flags))
-        metrics.posts.labels("rejected").inc(len(results) - accepted)
-        return BatchResult(accepted=accepted, rejected=len(results) - accepted, results=results)
+        refused = outcomes.count(FULL)
+        metrics.posts.labels("queued").inc(outcomes.count(QUEUED))
+        metrics.posts.labels("duplicate").inc(accepted - outcomes.count(QUEUED))
+        metrics.posts.labels("refused").inc(refused)
+        metrics.posts.labels("rejected").inc(len(results) - accepted - refused)
+        body = BatchResult(accepted=accepted, rejected=len(results) - accepted, results=results)
+        if refused:  # the refused posts may be sent again after Retry-After
+            return JSONResponse(body.model_dump(mode="json"), status_code=202,
+                                headers={"Retry-After": str(await retry_after())})  # fmt: skip
+        return body
 
     @app.get(
         "/v1/posts/{post_id}/decision",
@@ -360,7 +435,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={202: {"model": Pending}, 404: {"description": "unknown post id"}},
         tags=["posts"],
     )
-    async def get_decision(post_id: str) -> Any:
+    async def get_decision(post_id: str = Path(pattern=POST_ID)) -> Any:
         """The decision (200), still queued (202), dead-lettered (200, status failed), unknown (404)."""
         status, value = await state["reader"].lookup(post_id)
         if status == "decided":
@@ -377,21 +452,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/decisions", tags=["posts"])
     async def decision_feed(
-        after: str = Query("0", pattern=r"^\d+(-\d+)?$", description="cursor from the last page"),
+        after: str = Query("0", pattern=r"^\d{1,20}(-\d{1,20})?$",
+                           description="cursor from the last page"),
         limit: int = Query(500, ge=1, le=5000),
-    ) -> dict:
+    ) -> Any:
         """Every decision in the order it was stored (the audit stream), page by page.
 
         Start with `after=0` and pass the returned `next` to get the following page; an
         empty page means caught up (poll again later with the same cursor).
         """
+        if any(int(part) >= 2**64 for part in after.split("-")):  # a stream id is 2 x u64
+            return error_response(422, "validation_error", [{"field": "after", "message":
+                                  "cursor out of range", "type": "value_error"}])  # fmt: skip
         items, cursor = await state["reader"].feed(after, limit)
         return {"decisions": items, "next": cursor}
 
     @app.post("/v1/moderate", response_model=Decision, tags=["posts"])
     async def moderate(post: PostIn) -> Any:
         """Decide one post synchronously (for tuning and small callers; not queued, not stored)."""
-        from service.pipeline import Job, Moderator
+        slots: asyncio.Semaphore = state["sync_slots"]
+        if slots.locked():  # bounded: a flood of sync calls must not starve the API
+            return error_response(429, "too_many_requests", [{"field": "request", "message":
+                                  f"{settings.max_sync_inflight} synchronous calls are in flight; "
+                                  "retry after Retry-After seconds", "type": "sync_inflight"}],
+                                  {"Retry-After": "1"})  # fmt: skip
+        async with slots:
+            return await _moderate(post)
+
+    async def _moderate(post: PostIn) -> Decision:
+        from service.pipeline import Job, Moderator  # torch loads on the first sync call only
 
         async with state["moderator_lock"]:
             if "moderator" not in state:
@@ -411,6 +500,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def stats() -> dict:
         """Backlog, pending, dead letters, decisions by language and action, throughput."""
         out = await state["reader"].stats()
+        out["workers"] = await read_live(state["client"], keys, settings.heartbeat_ttl_s)
         shadow = (await asyncio.to_thread(state["registry"].current))["shadow"]
         out["shadow"] = (
             await asyncio.to_thread(state["shadow_stats"].report, shadow, 5) if shadow else None
@@ -518,15 +608,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> Any:
+        """ok (200) when Redis answers and at least one worker is alive; else degraded (503):
+        posts would be accepted but nobody would decide them."""
         try:
             await state["client"].ping()
+            workers = await read_live(state["client"], keys, settings.heartbeat_ttl_s)
         except Exception as exc:  # any failure to reach Redis means not healthy
-            return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
-        return {"status": "ok", "redis": "ok"}
+            return JSONResponse({"status": "degraded", "redis": f"unavailable: {exc}",
+                                 "workers": None}, status_code=503,
+                                headers={"Retry-After": "2"})  # fmt: skip
+        body = {"status": "ok" if workers else "degraded", "redis": "ok", "workers": len(workers)}
+        return JSONResponse(body, status_code=200 if workers else 503)
+
+    @app.get("/livez", tags=["operations"])
+    async def livez() -> dict:
+        """The API process answers (whatever Redis and the workers do)."""
+        return {"status": "ok"}
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus() -> Response:
-        metrics.update(await state["reader"].stats())
+        try:
+            metrics.update(await state["reader"].stats())
+            workers = await read_live(state["client"], keys, settings.heartbeat_ttl_s)
+            metrics.redis_up.set(1)
+            metrics.workers.set(len(workers))
+        except UNAVAILABLE:  # still answer: an outage is what operators want to see
+            metrics.redis_up.set(0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -5,11 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import typer
@@ -34,13 +30,9 @@ def _logging() -> None:
 
 
 def ensure_model(settings: Settings) -> None:
-    """Build the encoder on first use; it is a local conversion, nothing is downloaded."""
-    from service.classifier.build import build
+    from service.processes import ensure_model as build_if_missing
 
-    target = settings.resolved_model_dir
-    if not (target / "model.safetensors").exists():
-        typer.echo(f"floodgate: building the encoder into {target} (once, ~30 s)", err=True)
-        build(target, log=lambda m: typer.echo(f"  {m}", err=True))
+    build_if_missing(settings, say=lambda m: typer.echo(m, err=True))
 
 
 def _check_policy_or_exit(path: Path) -> None:
@@ -54,29 +46,6 @@ def _check_policy_or_exit(path: Path) -> None:
         raise typer.Exit(1) from None
 
 
-def _start_workers(settings: Settings, count: int) -> list[subprocess.Popen]:
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url or "",
-        "FLOODGATE_PARENT_PID": str(os.getpid()),
-    }
-    return [
-        subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env) for _ in range(count)
-    ]
-
-
-def _stop_workers(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
 @app.command()
 def serve(
     host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
@@ -87,6 +56,7 @@ def serve(
     import uvicorn
 
     from service.api import create_app
+    from service.processes import Supervisor
     from service.redisdb import EmbeddedRedis
 
     _logging()
@@ -101,7 +71,8 @@ def serve(
         embedded = EmbeddedRedis(settings.data_dir).start()
         settings.redis_url = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.dir)
-    procs = _start_workers(settings, count)
+    # workers (and the embedded Redis) are restarted when they die, with backoff
+    supervisor = Supervisor(settings, count, embedded).start()
     # uvicorn handles SIGTERM/SIGINT itself, then restores the previous handlers and
     # re-raises the signal; a no-op handler here lets the cleanup below run afterwards.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,8 +80,8 @@ def serve(
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:
-        log.info("stopping %d worker(s)", len(procs))
-        _stop_workers(procs)
+        log.info("stopping %d worker(s)", count)
+        supervisor.stop()
         if embedded:
             embedded.stop()
             log.info("embedded redis-server stopped")

@@ -69,6 +69,30 @@ class Settings(BaseSettings):
     stream_maxlen: int = Field(default=5_000_000, ge=1000)
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # a client that sends its body slower than this is cut off (408): slow-loris bodies
+    body_read_timeout_s: float = Field(default=15.0, gt=0, le=600)
+
+    # Redis connections per process: a request waits up to redis_pool_timeout_s for a free
+    # one (then 503) instead of failing at once when the pool is busy
+    redis_max_connections: int = Field(default=64, ge=2, le=10_000)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    redis_socket_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    # backpressure: over this many accepted-and-undecided posts, submissions are refused
+    # with 429 + Retry-After (nothing already accepted is affected); 0 = unbounded
+    max_backlog: int = Field(default=200_000, ge=0)
+    # synchronous /v1/moderate calls in flight at once per API process; more get 429
+    max_sync_inflight: int = Field(default=8, ge=1, le=1024)
+
+    # supervision: workers publish a heartbeat this often; one silent for heartbeat_ttl_s
+    # is presumed dead (/healthz degraded when none is alive)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
+    heartbeat_ttl_s: float = Field(default=15.0, gt=0, le=3600)
+    # consumers idle this long with nothing pending are removed from the group
+    consumer_idle_remove_s: int = Field(default=600, ge=10)
+    # testing aid for fault-injection suites: a worker that reads a post containing this
+    # marker kills its own process (SIGKILL), as a segfault in a native library would
+    fault_crash_marker: str | None = Field(default=None, min_length=8)
 
     @property
     def resolved_policy_dir(self) -> Path:

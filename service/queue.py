@@ -7,6 +7,7 @@ Keys (``fg`` is the configurable prefix):
 * ``fg:post:<id>``      idempotency key: the post was accepted (value: its stream entry id)
 * ``fg:dead``           dead-letter stream: entries that could not be decided, with the error
 * ``fg:failures``       hash entry id -> processing failures so far
+* ``fg:workers``        hash worker name -> its last heartbeat (JSON; see heartbeat.py)
 
 Accepting a post is one Lua script (check the idempotency key, XADD, set the key), so a
 re-submitted post_id can never be queued twice, even by concurrent requests.
@@ -22,8 +23,12 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aredis
 
+# returns 1 queued, 0 duplicate, -1 refused: the backlog is at its bound (ARGV[5], 0 = none);
+# a duplicate of an accepted post is still a duplicate when the queue is full
 ENQUEUE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local bound = tonumber(ARGV[5])
+if bound > 0 and redis.call('XLEN', KEYS[2]) >= bound then return -1 end
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'post', ARGV[3], 't', ARGV[4])
 redis.call('SET', KEYS[1], entry, 'EX', ARGV[1])
 return 1
@@ -56,6 +61,10 @@ class Keys:
     @property
     def failures(self) -> str:
         return f"{self.prefix}:failures"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
 
     @property
     def audit(self) -> str:
@@ -143,17 +152,25 @@ class Entry:
         return json.loads(self.fields["post"])
 
 
+QUEUED, DUPLICATE, FULL = "queued", "duplicate", "full"
+_OUTCOME = {1: QUEUED, 0: DUPLICATE, -1: FULL}
+
+
 class AsyncProducer:
     """The API's side of the queue."""
 
-    def __init__(self, client: aredis.Redis, keys: Keys, retention_s: int) -> None:
+    def __init__(
+        self, client: aredis.Redis, keys: Keys, retention_s: int, max_backlog: int = 0
+    ) -> None:
         self.client = client
         self.keys = keys
         self.retention_s = retention_s
+        self.max_backlog = max_backlog
         self._enqueue = client.register_script(ENQUEUE_LUA)
 
-    async def enqueue_many(self, posts: Sequence[tuple[str, dict]]) -> list[bool]:
-        """Queue (post_id, post) pairs; True for newly queued, False for duplicates.
+    async def enqueue_many(self, posts: Sequence[tuple[str, dict]]) -> list[str]:
+        """Queue (post_id, post) pairs; per post QUEUED, DUPLICATE or FULL (refused: the
+        backlog is at ``max_backlog``; nothing was written for it).
 
         Returns only once Redis has replied, i.e. the entries are in the stream (and, with
         the embedded server's ``appendfsync always``, on disk).
@@ -165,11 +182,12 @@ class AsyncProducer:
             for post_id, post in posts:
                 await self._enqueue(
                     keys=[self.keys.accepted(post_id), self.keys.posts],
-                    args=[self.retention_s, post_id, json.dumps(post, ensure_ascii=False), now_ms],
+                    args=[self.retention_s, post_id, json.dumps(post, ensure_ascii=False), now_ms,
+                          self.max_backlog],
                     client=pipe,
-                )
+                )  # fmt: skip
             results = await pipe.execute()
-        return [bool(r) for r in results]
+        return [_OUTCOME[int(r)] for r in results]
 
 
 class Consumer:
@@ -229,8 +247,19 @@ class Consumer:
             out.append(Entry(eid, fields, deliveries))
         return out
 
+    def consumers(self) -> list[dict]:
+        """The group's consumers: name, pending, idle (ms)."""
+        return self.client.xinfo_consumers(self.keys.posts, self.group)
+
+    def remove(self, consumer: str) -> None:
+        """XGROUP DELCONSUMER; callers check that it holds nothing pending."""
+        self.client.xgroup_delconsumer(self.keys.posts, self.group, consumer)
+
     def record_failure(self, entry: Entry) -> int:
         return int(self.client.hincrby(self.keys.failures, entry.entry_id, 1))
+
+    def failures(self, entry: Entry) -> int:
+        return int(self.client.hget(self.keys.failures, entry.entry_id) or 0)
 
     def dead_letter(self, entry: Entry, error: str, retention_s: int) -> None:
         post_id = entry.post_id

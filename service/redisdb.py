@@ -21,12 +21,41 @@ import redis.asyncio as aredis
 MIN_VERSION = (6, 2)  # XAUTOCLAIM
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+# Errors that mean "Redis is away right now" (down, restarting, loading its AOF, or every
+# pooled connection busy past the wait): the API answers 503 + Retry-After, workers retry
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
-def connect_async(url: str) -> aredis.Redis:
-    return aredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def connect(
+    url: str, *, max_connections: int = 64, pool_timeout_s: float = 5.0,
+    socket_timeout_s: float | None = 10.0,
+) -> redis.Redis:  # fmt: skip
+    """A client whose pool waits (up to ``pool_timeout_s``) for a free connection instead
+    of failing at once when busy; reconnects by itself after Redis comes back."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=30, max_connections=max_connections,
+        timeout=pool_timeout_s, socket_timeout=socket_timeout_s, socket_connect_timeout=5,
+    )  # fmt: skip
+    return redis.Redis(connection_pool=pool)
+
+
+def connect_async(
+    url: str, *, max_connections: int = 64, pool_timeout_s: float = 5.0,
+    socket_timeout_s: float | None = 10.0,
+) -> aredis.Redis:  # fmt: skip
+    pool = aredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=30, max_connections=max_connections,
+        timeout=pool_timeout_s, socket_timeout=socket_timeout_s, socket_connect_timeout=5,
+    )  # fmt: skip
+    return aredis.Redis(connection_pool=pool)
+
+
+def clients_for(settings) -> tuple[redis.Redis, aredis.Redis]:
+    """The sync and async clients of a process, sized from Settings (one place)."""
+    opts = dict(max_connections=settings.redis_max_connections,
+                pool_timeout_s=settings.redis_pool_timeout_s,
+                socket_timeout_s=settings.redis_socket_timeout_s)  # fmt: skip
+    return connect(settings.redis_url, **opts), connect_async(settings.redis_url, **opts)
 
 
 def check_server(client: redis.Redis) -> str:

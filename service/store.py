@@ -20,15 +20,16 @@ import redis.asyncio as aredis
 from service.queue import Keys
 
 COMMIT_LUA = """
--- KEYS: stream, audit, stats, tput, then one decision key per post
+-- KEYS: stream, audit, stats, tput, failures, then one decision key per post
 -- ARGV: group, ttl, audit_maxlen, then per post: entry_id, post_id, decision_json, stat_field
 local written = 0
 local flags = {}
-local n = #KEYS - 4
+local n = #KEYS - 5
 for i = 1, n do
   local base = 3 + (i - 1) * 4
   local entry, post_id, doc, stat = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
-  if redis.call('SET', KEYS[4 + i], doc, 'NX', 'EX', ARGV[2]) then
+  redis.call('HDEL', KEYS[5], entry)
+  if redis.call('SET', KEYS[5 + i], doc, 'NX', 'EX', ARGV[2]) then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', post_id, 'decision', doc)
     redis.call('HINCRBY', KEYS[3], stat, 1)
     written = written + 1
@@ -72,7 +73,7 @@ class DecisionWriter:
         if not items:
             return []
         keys = [self.keys.posts, self.keys.audit, self.keys.stats,
-                self.keys.throughput(int(time.time()))]  # fmt: skip
+                self.keys.throughput(int(time.time())), self.keys.failures]  # fmt: skip
         args: list = [self.group, self.ttl_s, self.audit_maxlen]
         for it in items:
             keys.append(self.keys.decision(it.post_id))
@@ -109,6 +110,12 @@ class DecisionReader:
         entries = await self.client.xrange(self.keys.audit, min=start, count=limit)
         items = [json.loads(f["decision"]) for _, f in entries]
         return items, (entries[-1][0] if entries else after)
+
+    async def recent_rate(self, window_s: int = 10) -> float:
+        """Decisions per second over the last ``window_s`` whole seconds."""
+        now = int(time.time())
+        values = await self.client.mget([self.keys.throughput(s) for s in range(now - window_s, now)])
+        return sum(int(v or 0) for v in values) / window_s
 
     async def stats(self, window_s: int = 60) -> dict:
         now_ms = int(time.time() * 1000)

@@ -28,27 +28,47 @@ import redis
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.heartbeat import Heartbeat, WorkerState, live_workers
 from service.pipeline import Job, Moderator
 from service.policy import PolicyError, load_policy
 from service.policy.parse import load_bundle
 from service.queue import Consumer, Entry, Keys
-from service.redisdb import check_server, connect
+from service.redisdb import UNAVAILABLE, check_server, connect
 from service.schemas import PostIn
 from service.store import AuthorActivity, Committed, DecisionWriter, PolicyRegistry, ShadowStats
 
 log = logging.getLogger("floodgate.worker")
 
 
+def redelivery_limit(s: Settings) -> int:
+    """Deliveries after which an entry is dead-lettered whatever happened (a safety net):
+    an innocent entry is redelivered once per crash of a culprit decided before it, and a
+    culprit crashes at most ``max_deliveries`` times, so twice that plus one is generous."""
+    return 2 * s.max_deliveries + 1
+
+
 class Worker:
-    def __init__(self, settings: Settings, moderator: Moderator, name: str | None = None) -> None:
-        if not settings.redis_url:
+    def __init__(
+        self,
+        settings: Settings,
+        moderator: Moderator,
+        name: str | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if client is None and not settings.redis_url:
             raise ValueError("the worker needs a Redis URL")
         self.settings = settings
         self.moderator = moderator
-        self.client = connect(settings.redis_url)
+        # the loop and the heartbeat thread: a few connections are all a worker needs
+        self.client = client or connect(
+            settings.redis_url or "", max_connections=4,
+            pool_timeout_s=settings.redis_pool_timeout_s,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+        )  # fmt: skip
         check_server(self.client)
         keys = Keys(settings.key_prefix)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.state = WorkerState(self.name)
         self.consumer = Consumer(self.client, keys, settings.consumer_group, self.name)
         self.writer = DecisionWriter(
             self.client,
@@ -61,8 +81,8 @@ class Worker:
         self.activity = AuthorActivity(self.client, keys)
         self.shadow_stats = ShadowStats(self.client, keys)
         self.stopping = False
-        self.decided = 0
         self._last_claim = 0.0
+        self._last_prune = time.monotonic()
         self._shadow_version: str | None = None
 
     # ------------------------------------------------------------------ policy
@@ -115,20 +135,40 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
 
+    @property
+    def decided(self) -> int:
+        return self.state.decided
+
     def run(self, until: Callable[[], bool] | None = None) -> None:
-        self.consumer.ensure_group()
-        self.sync_policy()
+        heartbeat = Heartbeat(self.client, self.consumer.keys, self.state,
+                              self.settings.heartbeat_interval_s).start()  # fmt: skip
+        try:
+            self._loop(until)
+        finally:
+            heartbeat.stop()
+        log.info("worker %s: stopped after %d decisions", self.name, self.decided)
+
+    def _loop(self, until: Callable[[], bool] | None) -> None:
+        while True:  # Redis may be away at start as well as later
+            try:
+                self.consumer.ensure_group()
+                self.sync_policy()
+                break
+            except UNAVAILABLE as exc:
+                log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
+                time.sleep(1)
         log.info("worker %s: reading %s", self.name, self.consumer.keys.posts)
         while not self.stopping and not (until and until()):
             try:
                 self.step()
+                self._prune_consumers()
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 # the server lost the stream or group (restarted without persistence)
                 log.warning("worker %s: consumer group missing, recreating it", self.name)
                 self.consumer.ensure_group()
-            except redis.ConnectionError as exc:
+            except UNAVAILABLE as exc:
                 # nothing was acked: entries in hand stay pending and are retried
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
                 time.sleep(1)
@@ -137,7 +177,21 @@ class Worker:
                 # hand stay pending, are reclaimed, and fail per post until dead-lettered
                 log.exception("worker %s: batch failed; its entries stay pending", self.name)
                 time.sleep(1)
-        log.info("worker %s: stopped after %d decisions", self.name, self.decided)
+
+    def _prune_consumers(self) -> None:
+        """Once a minute: remove consumers of the group that hold nothing and have been
+        idle ``consumer_idle_remove_s`` (workers gone for good), never a live one."""
+        if time.monotonic() - self._last_prune < 60:
+            return
+        self._last_prune = time.monotonic()
+        raw = self.client.hgetall(self.consumer.keys.workers)
+        alive = {w["name"] for w in live_workers(raw, self.settings.heartbeat_ttl_s)}
+        idle_ms = self.settings.consumer_idle_remove_s * 1000
+        for c in self.consumer.consumers():
+            if (c["name"] != self.name and c["name"] not in alive and int(c["pending"]) == 0
+                    and int(c["idle"]) >= idle_ms):  # fmt: skip
+                self.consumer.remove(c["name"])
+                log.info("worker %s: removed idle consumer %s", self.name, c["name"])
 
     def step(self) -> int:
         """One batch: reclaim abandoned entries if due, else read new ones; returns decided."""
@@ -158,17 +212,49 @@ class Worker:
     # ------------------------------------------------------------------ batch
 
     def process(self, entries: list[Entry]) -> int:
+        """Decide a batch; returns how many decisions were new.
+
+        Entries delivered before were in hand when a worker died or stalled (a post that
+        segfaults a native library or runs out of memory takes its whole batch down). They
+        are decided one at a time, each stored before the next, so the innocent ones are
+        decided and the culprit is cornered at once (one crash per attempt, where halving
+        the batch would cost log2(batch) more crashes, each a worker restart). Alone, every
+        attempt counts as one of the post's failures before it starts, so a crash counts
+        too, and ``max_deliveries`` of them dead-letter it.
+        """
+        self.state.holding(len(entries))
+        try:
+            fresh, suspects = [], []
+            for entry in entries:
+                if entry.deliveries > redelivery_limit(self.settings):
+                    self.consumer.dead_letter(
+                        entry,
+                        f"delivered {entry.deliveries} times without a decision "
+                        "(workers died or stalled on it)",
+                        self.settings.decision_ttl_s,
+                    )
+                else:
+                    (fresh if entry.deliveries <= 1 else suspects).append(entry)
+            done = self._decide_group(fresh) if fresh else 0
+            for entry in self._one_by_one(suspects):
+                done += self._decide_group([entry], alone=True)
+            return done
+        finally:
+            self.state.holding(0)
+
+    def _one_by_one(self, suspects: list[Entry]) -> list[Entry]:
+        """Redelivered entries in the order to decide them alone: those that never failed
+        first, so the innocent ones of a crashed batch are stored before the culprit runs."""
+        if not suspects:
+            return []
+        failures = self.client.hmget(self.consumer.keys.failures, [e.entry_id for e in suspects])
+        order = sorted(range(len(suspects)), key=lambda i: int(failures[i] or 0))
+        return [suspects[i] for i in order]
+
+    def _decide_group(self, entries: list[Entry], alone: bool = False) -> int:
         s = self.settings
         jobs: list[tuple[Entry, Job]] = []
         for entry in entries:
-            if entry.deliveries > s.max_deliveries:
-                self.consumer.dead_letter(
-                    entry,
-                    f"delivered {entry.deliveries} times without a decision "
-                    "(workers died or stalled on it)",
-                    s.decision_ttl_s,
-                )
-                continue
             try:
                 post = PostIn.model_validate(entry.post())
                 if not entry.post_id:
@@ -178,13 +264,27 @@ class Worker:
                 self.consumer.dead_letter(entry, f"malformed entry: {exc}", s.decision_ttl_s)
                 continue
             jobs.append((entry, Job(entry.post_id, post, entry.enqueued_ms)))
+        if alone and jobs:
+            [(entry, job)] = jobs
+            attempts = self.consumer.record_failure(entry)  # counted before: a crash counts
+            if attempts > s.max_deliveries:
+                self.consumer.dead_letter(
+                    entry,
+                    f"failed or crashed the worker while decided alone ({attempts - 1} attempts)",
+                    s.decision_ttl_s,
+                )
+                return 0
         jobs = self._with_author_activity(jobs)
         if not jobs:
             return 0
+        self._inject_crash(jobs)
         try:
             decisions = self.moderator.decide([j for _, j in jobs])
             return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)))
-        except Exception:
+        except Exception as exc:
+            if alone:
+                self._post_failed(jobs[0][0], jobs[0][1].post_id, exc, counted=True)
+                return 0
             log.exception(
                 "worker %s: batch of %d failed, retrying one by one", self.name, len(jobs)
             )
@@ -196,10 +296,19 @@ class Worker:
                 self._post_failed(entry, job.post_id, exc)
         return done
 
-    def _post_failed(self, entry: Entry, post_id: str, exc: Exception) -> None:
+    def _inject_crash(self, jobs: list[tuple[Entry, Job]]) -> None:
+        """Fault-injection suites only (``fault_crash_marker``): die as a native crash would."""
+        marker = self.settings.fault_crash_marker
+        if marker and any(marker in j.post.text for _, j in jobs):
+            log.error("worker %s: fault injection: crashing on a marked post", self.name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _post_failed(
+        self, entry: Entry, post_id: str, exc: Exception, counted: bool = False
+    ) -> None:
         """Count a failure of this post alone; dead-letter it after ``max_deliveries``."""
         s = self.settings
-        failures = self.consumer.record_failure(entry)
+        failures = self.consumer.failures(entry) if counted else self.consumer.record_failure(entry)
         error = f"{type(exc).__name__}: {exc}"
         log.warning("worker %s: post %s failed (%d): %s", self.name, post_id, failures, error)
         if failures >= s.max_deliveries:
@@ -255,7 +364,7 @@ class Worker:
         ]  # fmt: skip
         for version in {v for v, _ in shadowed}:
             self.shadow_stats.record(version, [it for v, it in shadowed if v == version])
-        self.decided += sum(flags)
+        self.state.decided += sum(flags)
         return sum(flags)
 
 

@@ -241,7 +241,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(
     r = http.get(f"{api.url}/v1/posts/keep-1/decision")
     assert r.status_code == 202 and r.json() == {"post_id": "keep-1", "status": "pending"}
     # and the server is still serving
-    assert http.get(f"{api.url}/healthz").status_code == 200
+    assert http.get(f"{api.url}/livez").status_code == 200
 
 
 def test_body_over_the_limit_is_413_declared_or_streamed(http, api, settings):
@@ -458,8 +458,11 @@ def test_stats_health_and_metrics_without_a_worker(http, api, settings):
     assert stats["dead_letters"] == 0
     assert stats["decisions"]["total"] == 0 and stats["decisions"]["by_language"] == {}
 
+    # Redis answers but no worker is alive: accepted posts would wait, so not healthy
     health = http.get(f"{url}/healthz")
-    assert (health.status_code, health.json()) == (200, {"status": "ok", "redis": "ok"})
+    assert (health.status_code, health.json()) == (
+        503, {"status": "degraded", "redis": "ok", "workers": 0}
+    )
 
     r = http.get(f"{url}/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -582,7 +585,9 @@ def test_stats_and_metrics_after_decisions(http, service, settings):
     assert m[("floodgate_stream_length", ())] == 0
     for (lang, action), n in expected.items():
         assert m[("floodgate_decisions", (("action", action), ("language", lang)))] == n
-    assert http.get(f"{service.url}/healthz").json() == {"status": "ok", "redis": "ok"}
+    health = http.get(f"{service.url}/healthz")
+    assert (health.status_code, health.json()) == (200, {"status": "ok", "redis": "ok", "workers": 1})
+    assert [w["name"] for w in stats["workers"]] == ["test-worker"]
 
 
 # ---------------------------------------------------------------------------- 6. synchronous

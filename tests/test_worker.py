@@ -18,6 +18,7 @@ import pytest
 from service.pipeline import Moderator
 from service.queue import Keys
 from service.redisdb import connect
+from service.worker import redelivery_limit
 from tests.conftest import (
     LiveServer,
     WorkerThread,
@@ -187,7 +188,7 @@ def test_entry_redelivered_too_often_is_dead_lettered(settings, moderator):
     entry = client.xadd(keys.posts, {"id": "crasher", "post": json.dumps({"text": "hi"}), "t": "0"})
     client.xreadgroup(settings.consumer_group, "dead-worker", {keys.posts: ">"})
     client.xclaim(keys.posts, settings.consumer_group, "dead-worker", 0, [entry],
-                  retrycount=settings.max_deliveries + 1)  # fmt: skip
+                  retrycount=redelivery_limit(settings))  # fmt: skip
     with WorkerThread(settings, moderator):
         wait_until(lambda: client.xlen(keys.dead) == 1, 30, "dead letter")
     [(_, fields)] = client.xrange(keys.dead)

@@ -132,9 +132,9 @@ class EmbeddedService:
         self.stop()
 
     def start(self) -> None:
-        from service.cli import _start_workers, ensure_model
         from service.config import get_settings
         from service.policy import load_policy
+        from service.processes import ensure_model, start_workers
         from service.redisdb import EmbeddedRedis
 
         base = get_settings()
@@ -167,12 +167,12 @@ class EmbeddedService:
                  "--port", str(port)],
                 stdin=subprocess.DEVNULL, env=dict(os.environ),
             )  # fmt: skip
-        self._wait(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200,
+        self._wait(lambda: httpx.get(self.url + "/livez", timeout=1).status_code == 200,
                    "the API")  # fmt: skip
         self._wait(lambda: httpx.get(self.url + "/v1/policy", timeout=2).json().get("live"),
                    "the API to publish the policy")  # fmt: skip
         with _env(env), _fds_to(self.log_path):
-            self._procs = _start_workers(settings, self.workers)
+            self._procs = start_workers(settings, self.workers)
         self._wait(lambda: self._consumers() >= self.workers, f"{self.workers} worker(s)")
 
     def _consumers(self) -> int:
@@ -204,10 +204,10 @@ class EmbeddedService:
         raise RuntimeError(f"timed out waiting for {what} (see {self.log_path})")
 
     def stop(self) -> None:
-        from service.cli import _stop_workers
+        from service.processes import stop_workers
 
         if self._procs:
-            _stop_workers(self._procs)
+            stop_workers(self._procs)
             self._procs = []
         if self._api is not None:
             if self._api.poll() is None:
@@ -261,6 +261,7 @@ class RunData:
     sent: dict[str, tuple[float, float, dict]] = field(default_factory=dict)
     accepted: dict[str, float] = field(default_factory=dict)  # post id -> request start epoch
     resubmitted: int = 0  # API answered "duplicate" for a fresh id (seen before)
+    refused: int = 0  # posts the API refused for a full backlog, sent again after Retry-After
     rejected: dict[str, list] = field(default_factory=dict)
     # feed entries of this run in feed order: (feed epoch, slim decision)
     decisions: list[tuple[float, dict]] = field(default_factory=list)
@@ -460,34 +461,54 @@ async def _send(client: httpx.AsyncClient, run: RunData, plan, opts: ReplayOptio
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _retry_after(r: httpx.Response, default: float) -> float:
+    try:
+        return min(max(float(r.headers.get("retry-after", default)), 0.1), 60.0)
+    except ValueError:
+        return default
+
+
 async def _submit(client: httpx.AsyncClient, run: RunData, chunk, sem: asyncio.Semaphore) -> None:
+    """Send one batch; honour backpressure: posts refused because the backlog is full (or
+    a 429/503) are sent again after Retry-After, the others are recorded as they came."""
     try:
         started = time.time()
+        by_id = {gp.post["post_id"]: gp for _, gp in chunk}
         for wall, gp in chunk:
             run.sent[gp.post["post_id"]] = (wall, started, gp.truth)
-        body = {"posts": [gp.post for _, gp in chunk]}
-        for attempt in range(3):  # re-sending the same ids is safe: the API is idempotent
+        todo = list(by_id)
+        for attempt in range(30):  # re-sending the same ids is safe: the API is idempotent
+            wait = 0.5 * (attempt + 1)
             try:
-                r = await client.post("/v1/posts/batch", json=body)
+                r = await client.post("/v1/posts/batch",
+                                      json={"posts": [by_id[i].post for i in todo]})  # fmt: skip
             except httpx.HTTPError as exc:
                 run.errors.append((time.time(), f"POST /v1/posts/batch: {type(exc).__name__}"))
             else:
                 if r.status_code == 202:
-                    break
-                run.errors.append((time.time(), f"POST /v1/posts/batch: HTTP {r.status_code}"))
-                if 400 <= r.status_code < 500 and r.status_code != 429:
-                    return
-            await asyncio.sleep(0.5 * (attempt + 1))
-        else:
-            return
-        for res in r.json()["results"]:
-            pid = chunk[res["index"]][1].post["post_id"]
-            if res["status"] == "rejected":
-                run.rejected[pid] = res.get("errors") or []
-            else:
-                run.accepted[pid] = started
-                if res["status"] == "duplicate" and attempt == 0:
-                    run.resubmitted += 1
+                    retry = []
+                    for res in r.json()["results"]:
+                        pid = todo[res["index"]]
+                        errors = res.get("errors") or []
+                        if any(e.get("type") == "backlog_full" for e in errors):
+                            retry.append(pid)
+                        elif res["status"] == "rejected":
+                            run.rejected[pid] = errors
+                        else:
+                            run.accepted[pid] = started
+                            if res["status"] == "duplicate" and attempt == 0:
+                                run.resubmitted += 1
+                    if not retry:
+                        return
+                    run.refused += len(retry)
+                    todo, wait = retry, _retry_after(r, 1.0)
+                else:
+                    run.errors.append((time.time(), f"POST /v1/posts/batch: HTTP {r.status_code}"))
+                    if 400 <= r.status_code < 500 and r.status_code != 429:
+                        return
+                    if r.status_code in (429, 503):
+                        wait = _retry_after(r, wait)
+            await asyncio.sleep(wait)
     finally:
         sem.release()
 
