@@ -136,3 +136,14 @@ def test_weighted_draws_make_epochs_of_a_fixed_size(model_dir, tmp_path):
     out = finetune(Encoder(model_dir), examples, tmp_path / "a", settings,
                    checkpoint_dir=tmp_path / "ck", log=lambda *_: None)  # fmt: skip
     assert out["steps"] == 2 * 3 and len(out["epoch_losses"]) == 2
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(model_dir, tmp_path):
+    """Recomputing activations in the backward pass (dropout masks included) gives the same
+    weights as keeping them."""
+    examples = _examples()
+    quiet = lambda *_: None  # noqa: E731
+    runs = [finetune(Encoder(model_dir), examples, tmp_path / str(ck),
+                     FinetuneSettings(layers=2, epochs=1, batch_size=4, checkpointing=ck),
+                     checkpoint_dir=tmp_path / f"ck{ck}", log=quiet) for ck in (False, True)]  # fmt: skip
+    assert runs[0]["weights_sha256"] == runs[1]["weights_sha256"]
