@@ -3,28 +3,32 @@
 Used by the worker on queued batches and by the API's synchronous /v1/moderate. It holds
 the live policy and the classifier; it does no I/O of its own. Language detection and the
 model each run once per batch.
+
+The two steps after the model, ``score`` (embeddings + languages -> category scores) and
+``judge`` (scores + what is known of each post -> the policy's outcome per market), are the
+one way posts are decided: ``Moderator.decide`` calls them on live batches, the backtest
+and policy diff on labelled posts whose languages and embeddings come from a disk cache.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import numpy as np
+
 from service import language
-from service.classifier import Encoder
-from service.classifier.heads import HeadsMismatch, TrainedHeads
+from service.classifier.loader import load_encoder, load_heads
 from service.classifier.scorer import PolicyScorer
 from service.classifier.zeroshot import QUERY
 from service.config import Settings
+from service.language import LanguageResult
 from service.policy import Facts, LoadedPolicy, Outcome, evaluate, load_policy
 from service.schemas import Decision, PostIn
-
-log = logging.getLogger("floodgate.pipeline")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,62 @@ class Job:
     enqueued_ms: int | None = None  # None for synchronous calls
     # window (minutes) -> posts by this author in it, counted by the worker in Redis
     author_posts: Mapping[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the policy may know of a post beside its language and scores."""
+
+    text: str
+    market: str | None = None  # None: the policy's default market
+    account_age_days: float | None = None
+    author_posts: Mapping[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One post through the policy: the facts it was judged on, its outcome per market."""
+
+    facts: Facts
+    outcomes: dict[str, Outcome]
+
+    @property
+    def own(self) -> Outcome:
+        """The outcome in the post's own market."""
+        return self.outcomes[self.facts.market]
+
+
+def score(
+    scorer: PolicyScorer, embeddings: np.ndarray, languages: Sequence[LanguageResult]
+) -> list[dict[str, float]]:
+    """Category scores of each post from its embedding and detected language."""
+    return scorer.score_embeddings(embeddings, [lang.code for lang in languages])
+
+
+def judge(
+    subjects: Sequence[Subject],
+    languages: Sequence[LanguageResult],
+    scores: Sequence[Mapping[str, float]],
+    lp: LoadedPolicy,
+    *,
+    market: str | None = None,
+) -> list[Assessment]:
+    """Evaluate ``lp`` on each post; ``market`` judges every post as if posted there
+    (default: the post's own market, else the policy's default market)."""
+    out = []
+    for subject, lang, post_scores in zip(subjects, languages, scores, strict=True):
+        facts = Facts(
+            text=subject.text,
+            language=lang.code,
+            script=lang.script,
+            mixed=bool(lang.mixed),
+            scores=post_scores,
+            market=market or subject.market or lp.policy.default_market,
+            account_age_days=subject.account_age_days,
+            author_posts=subject.author_posts,
+        )
+        out.append(Assessment(facts, evaluate(lp, facts)))
+    return out
 
 
 def _account_age_days(post: PostIn, now: datetime) -> float | None:
@@ -86,20 +146,8 @@ class Moderator:
     @classmethod
     def from_settings(cls, settings: Settings, policy: LoadedPolicy | None = None) -> Moderator:
         policy = policy or load_policy(settings.policy_path)
-        encoder = Encoder(
-            settings.resolved_model_dir,
-            max_length=settings.max_length_tokens,
-            threads=settings.torch_threads,
-            precision=settings.precision,
-            tuned_dir=settings.tuned_dir,
-            cache_size=settings.embedding_cache_size,
-        )
-        heads = None
-        if settings.heads_dir is not None and TrainedHeads.available(settings.heads_dir):
-            try:
-                heads = TrainedHeads(settings.heads_dir, encoder_version=encoder.version)
-            except HeadsMismatch as exc:  # serve zero-shot rather than wrong scores
-                log.warning("%s; scoring zero-shot", exc)
+        encoder = load_encoder(settings)
+        heads = load_heads(settings, encoder.version)  # None: zero-shot, not wrong scores
         return cls(policy, PolicyScorer(encoder, policy.policy, heads))
 
     def _scorer_for(self, lp: LoadedPolicy) -> PolicyScorer:
@@ -133,26 +181,20 @@ class Moderator:
         langs = language.detect_batch(texts, [j.post.lang_hint for j in jobs])
         with self._lock:
             embeddings = self.encoder.embed(texts, prefix=QUERY, use_cache=True)
-        codes = [lang.code for lang in langs]
-        scores = scorer.score_embeddings(embeddings, codes)
-        shadow_scores = shadow[1].score_embeddings(embeddings, codes) if shadow else None
+        scores = score(scorer, embeddings, langs)
+        shadow_scores = score(shadow[1], embeddings, langs) if shadow else None
         now = datetime.now(UTC)
         per_post_ms = (time.perf_counter() - started) * 1000
+        subjects = [
+            Subject(j.post.text, j.post.market, _account_age_days(j.post, now), j.author_posts)
+            for j in jobs
+        ]
         decisions = []
-        for i, (job, lang) in enumerate(zip(jobs, langs, strict=True)):
-            market = job.post.market or lp.policy.default_market
-            facts = Facts(
-                text=job.post.text,
-                language=lang.code,
-                script=lang.script,
-                mixed=bool(lang.mixed),
-                scores=scores[i],
-                market=market,
-                account_age_days=_account_age_days(job.post, now),
-                author_posts=job.author_posts,
-            )
-            outcomes = evaluate(lp, facts)
-            own = outcomes[market]
+        for i, (job, lang, judged) in enumerate(
+            zip(jobs, langs, judge(subjects, langs, scores, lp), strict=True)
+        ):
+            facts, outcomes, own = judged.facts, judged.outcomes, judged.own
+            market = facts.market
             shadow_out = None
             if shadow is not None and shadow_scores is not None:
                 candidate = evaluate(shadow[0], replace(facts, scores=shadow_scores[i]))

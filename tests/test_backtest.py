@@ -1,4 +1,4 @@
-"""Backtests and policy diffs on labelled posts (service/backtest.py, classifier/cache.py).
+"""Backtests and policy diffs on labelled posts (service/backtest/, classifier/cache.py).
 
 The model-backed tests run the real encoder on tests/fixtures/backtest/posts.jsonl (26
 hand-written posts in English and Chinese, written for this project) with an embedding
