@@ -141,17 +141,10 @@ def model_build(
 
 
 def _embedding_cache(settings: Settings):
-    from service.classifier.cache import EmbeddingCache
+    from service.classifier.loader import open_embedding_cache
 
     ensure_model(settings)
-    return EmbeddingCache(
-        settings.data_dir / "cache" / "embeddings",
-        settings.resolved_model_dir,
-        max_length=settings.max_length_tokens,
-        threads=settings.torch_threads,
-        precision=settings.precision,
-        tuned_dir=settings.tuned_dir,
-    )
+    return open_embedding_cache(settings)
 
 
 @model_app.command("finetune")
