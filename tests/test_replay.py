@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.replay import load_scenario
+from service.replay.analysis import analyse, fail_if_metrics
 from service.replay.capacity import constant_scenario
 from service.replay.command import _gate
 from service.replay.generate import generate
@@ -25,7 +26,6 @@ from service.replay.metrics import (
     review_verdict,
     simulate_backlog,
 )
-from service.replay.report import analyse, fail_if_metrics
 from service.replay.runner import RunData, resolve_scenario
 
 SMOKE = resolve_scenario("smoke")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from service.replay.report import SLO_MS, analyse
+from service.replay.analysis import SLO_MS, analyse
+from service.replay.plots import plot_capacity
 from service.replay.runner import EmbeddedService, ReplayOptions, run_replay
 from service.replay.scenario import Scenario
 
@@ -115,25 +115,9 @@ def find_capacity(base: Scenario, workers: list[int], step_s: float = 20.0,
 
 
 def write_capacity(results: dict, out: Path) -> list[Path]:
-    from service.replay.report import _plt
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "capacity.json").write_text(json.dumps(results, indent=1))
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = ["#1565c0", "#e65100", "#2e7d32", "#6a1b9a"]
-    for k, (w, r) in enumerate(results["workers"].items()):
-        pts = sorted(r["steps"], key=lambda s: s["rate"])
-        ax.plot([p["rate"] for p in pts], [(p["p99_ms"] or math.nan) / 1000 for p in pts],
-                marker="o", color=colors[k % 4], label=f"{w} worker(s): ok up to {r['max_rate_ok']}/s")
-    ax.axhline(results["slo_ms"] / 1000, color="black", ls=":", lw=1, label="2 s")
-    ax.set_yscale("log")
-    ax.set(xlabel="input rate (posts/s, constant)", ylabel="p99 latency (s)",
-           title=f"Saturation: p99 vs input rate ({results['step_s']:.0f} s steps)")  # fmt: skip
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "capacity.png")
-    plt.close(fig)
+    plot_capacity(results, out)
     md = ["| workers | highest rate with p99 < 2 s | first failing rate | steps (rate: p99) |",
           "| --- | --- | --- | --- |"]  # fmt: skip
     for w, r in results["workers"].items():

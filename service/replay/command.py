@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from service.replay import analysis, pages
+from service.replay.capacity import find_capacity as search
+from service.replay.capacity import write_capacity
 from service.replay.metrics import FailIfError, evaluate_fail_if, parse_fail_if
+from service.replay.plots import plot_compare
+from service.replay.runner import EmbeddedService, ReplayOptions, load, run_replay
 from service.replay.scenario import ScenarioError, parse_time_scale
 
 
@@ -25,21 +32,14 @@ def _err(msg: str) -> None:
 
 
 def _print_summary(report: dict, page: Path) -> None:
-    from rich.console import Console
-
-    from service.replay.report import findings
-
     c = Console(stderr=True, highlight=False)
     c.print(f"[bold]replay {report['scenario']}[/] -> {page}")
-    for line in findings(report):
+    for line in pages.findings(report):
         c.print(" • " + line.replace("<b>", "[bold]").replace("</b>", "[/]"))
 
 
 def _one(scenario, opts, *, target: str | None, workers: int, policy: Path | None,
          log_dir: Path | None):  # fmt: skip
-    from service.replay.report import analyse
-    from service.replay.runner import EmbeddedService, run_replay
-
     if target:
         run = asyncio.run(run_replay(scenario, target, opts))
         run.options["workers"] = "external"
@@ -48,7 +48,7 @@ def _one(scenario, opts, *, target: str | None, workers: int, policy: Path | Non
             run = asyncio.run(run_replay(scenario, svc.url, opts))
         run.options["workers"] = workers
         run.options["policy_file"] = str(policy) if policy else None
-    return run, analyse(run, scenario)
+    return run, analysis.analyse(run, scenario)
 
 
 def main(*args: Any, **kwargs: Any) -> int:
@@ -77,8 +77,6 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
          capacity_workers: str = "1,2", step_seconds: float = 20.0, start_rate: float = 8.0,
          progress: bool = True, drain_timeout: float = 120.0, max_in_flight: int = 8,
          batch: int = 500) -> int:  # fmt: skip
-    from service.replay.runner import ReplayOptions, load
-
     try:
         conditions = parse_fail_if(fail_if)
     except FailIfError as exc:
@@ -112,9 +110,6 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
     out.mkdir(parents=True, exist_ok=True)
 
     if find_capacity:
-        from service.replay.capacity import find_capacity as search
-        from service.replay.capacity import write_capacity
-
         ws = [int(x) for x in capacity_workers.split(",") if x.strip()]
         res = search(sc, ws, step_s=step_seconds, start_rate=start_rate, seed=seed,
                      policy=policy, log=lambda m: print(m, file=sys.stderr),
@@ -128,46 +123,45 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
     opts = ReplayOptions(seed=seed, rate_scale=rate_scale or 1.0, time_scale=ts, duration=duration,
                          progress=progress, drain_timeout=drain_timeout,
                          max_in_flight=max_in_flight, max_batch=batch)  # fmt: skip
-    from service.replay import report as rp
-
     if compare:
-        pa, pb = (Path(p) for p in compare)
-        runs = []
-        for label, pol in (("A", pa), ("B", pb)):
-            opts.label = f"{label}: {pol.name}"
-            run, rep = _one(sc, opts, target=None, workers=workers, policy=pol,
-                            log_dir=out / label.lower())  # fmt: skip
-            rp.write(rep, out / label.lower())
-            runs.append((f"{label} ({pol.name})", run, rep))
-        (la, run_a, rep_a), (lb, run_b, rep_b) = runs
-        cmp = rp.compare(la, run_a, rep_a, lb, run_b, rep_b)
-        rp.plot_compare(cmp, rep_a, rep_b, out)
-        rep_a["compare"] = cmp
-        extra = rp.compare_html(cmp, out)
-        # the top-level report: run A's figures with the comparison section
-        rep_top = dict(rep_a)
-        page = _write_top(rp, rep_top, out, extra)
-        _print_summary(rep_top, page)
-        print(f"compare: {cmp['changed']} of {cmp['posts_compared']} posts changed action "
-              f"({cmp['changed_share']:.1%}); A p99 {cmp['a']['p99_ms']} ms, B p99 "
-              f"{cmp['b']['p99_ms']} ms", file=sys.stderr)
-        failed_metrics = {k: max(v or 0, rp.fail_if_metrics(rep_b)[k] or 0)
-                          for k, v in rp.fail_if_metrics(rep_a).items()}  # fmt: skip
-        return _gate(conditions, failed_metrics)
+        return _compare(sc, opts, tuple(Path(p) for p in compare), workers, out, conditions)
 
     run, rep = _one(sc, opts, target=target, workers=workers, policy=policy, log_dir=out)
-    page = rp.write(rep, out)
+    page = pages.write(rep, out)
     _print_summary(rep, page)
-    return _gate(conditions, rp.fail_if_metrics(rep), out)
+    return _gate(conditions, analysis.fail_if_metrics(rep), out)
+
+
+def _compare(sc, opts, policies: tuple[Path, ...], workers: int, out: Path,
+             conditions) -> int:  # fmt: skip
+    """The same influx under two policies: a report for each, and the comparison."""
+    runs = []
+    for label, pol in zip(("A", "B"), policies, strict=True):
+        opts.label = f"{label}: {pol.name}"
+        run, rep = _one(sc, opts, target=None, workers=workers, policy=pol,
+                        log_dir=out / label.lower())  # fmt: skip
+        pages.write(rep, out / label.lower())
+        runs.append((f"{label} ({pol.name})", run, rep))
+    (la, run_a, rep_a), (lb, run_b, rep_b) = runs
+    cmp = analysis.compare(la, run_a, rep_a, lb, run_b, rep_b)
+    plot_compare(cmp, rep_a, rep_b, out)
+    rep_a["compare"] = cmp
+    extra = pages.compare_html(cmp, out)
+    # the top-level report: run A's figures again with the comparison section, so that
+    # report.html there is complete on its own
+    rep_top = dict(rep_a)
+    page = pages.write(rep_top, out, extra_html=extra)
+    _print_summary(rep_top, page)
+    print(f"compare: {cmp['changed']} of {cmp['posts_compared']} posts changed action "
+          f"({cmp['changed_share']:.1%}); A p99 {cmp['a']['p99_ms']} ms, B p99 "
+          f"{cmp['b']['p99_ms']} ms", file=sys.stderr)
+    failed_metrics = {k: max(v or 0, analysis.fail_if_metrics(rep_b)[k] or 0)
+                      for k, v in analysis.fail_if_metrics(rep_a).items()}  # fmt: skip
+    return _gate(conditions, failed_metrics)
 
 
 def _interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _write_top(rp, rep: dict, out: Path, extra: str) -> Path:
-    # plots of run A again at the top level, so report.html there is complete on its own
-    return rp.write(rep, out, extra_html=extra)
 
 
 def _gate(conditions, metrics: dict, out: Path | None = None) -> int:

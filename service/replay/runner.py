@@ -8,11 +8,12 @@ Beside the sender, two pollers run: the decision feed (``GET /v1/decisions``, ev
 decision of this run, repeats included, by post-id prefix) and ``GET /v1/stats`` (about
 once a second). After the last send it drains: it waits until every accepted post has a
 decision, or ``drain_timeout`` passes. Everything observed is returned raw in a
-``RunData``; ``service.replay.report`` turns it into figures, plots and HTML.
+``RunData``; ``service.replay.analysis`` turns it into figures, ``plots`` and ``pages``
+into PNG plots and the HTML report.
 
 ``EmbeddedService`` starts the whole service for a run: an embedded redis-server in a
 temporary data dir, the API (``python -m service api``, a subprocess on a free port) and
-N worker processes (``service.cli._start_workers``), and tears all of it down at the end.
+N worker processes (``service.processes.start_workers``), and tears all of it down at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -560,10 +560,6 @@ async def _poll_stats(client: httpx.AsyncClient, run: RunData, stop: asyncio.Eve
         progress.update()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-
-
-def decision_counts(run: RunData) -> Counter:
-    return Counter(d["post_id"] for _, d in run.decisions)
 
 
 def load(scenario: str | None) -> Scenario:

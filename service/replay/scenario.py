@@ -252,11 +252,6 @@ class Phase(_Strict):
     def end_rate(self) -> float:
         return self.rate.end
 
-    def rate_at(self, t_s: float) -> float:
-        """Total rate (posts per scenario second) at scenario time ``t_s`` inside the phase."""
-        u = min(max((t_s - self._start_s) / self.duration, 0.0), 1.0)
-        return self.start_rate + (self.end_rate - self.start_rate) * u
-
     def expected_posts(self, rate_scale: float = 1.0) -> float:
         return (self.start_rate + self.end_rate) / 2 * self.duration * rate_scale
 
