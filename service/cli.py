@@ -204,7 +204,10 @@ def model_train(
         True, help="also train without the seeds, to measure what they add"
     ),
     without: list[str] = typer.Option(
-        [], "--without", help="also train without this source (repeatable), to measure it"
+        [], "--without", help="also train without this source (repeatable; a+b: both), to measure it"
+    ),
+    balance_power: float = typer.Option(
+        0.5, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
     ),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
@@ -212,8 +215,8 @@ def model_train(
 
     settings = get_settings()
     manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
-                     TrainSettings(cap_per_label=cap), log=typer.echo, ablate=ablation,
-                     ablate_sources=tuple(without))  # fmt: skip
+                     TrainSettings(cap_per_label=cap, balance_power=balance_power), log=typer.echo,
+                     ablate=ablation, ablate_sources=tuple(without))  # fmt: skip
     typer.echo(
         json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
     )
@@ -253,6 +256,9 @@ def model_eval(
     transfer_cap: int = typer.Option(
         1000, help="rows per label of the evaluation-only datasets (0: skip that table)"
     ),
+    variants: bool = typer.Option(
+        True, help="also score the test split in other precisions and truncations (slow)"
+    ),
 ) -> None:
     """Held-out metrics, HateCheck, MHC (Mandarin), XSTest and the evaluation-only datasets
     (accuracy and F1 per label); tables into the model card."""
@@ -261,7 +267,8 @@ def model_eval(
 
     settings = get_settings()
     result = evaluate(_embedding_cache(settings), heads or settings.heads_dir or HEADS_DIR,
-                      write_card=card, log=typer.echo, transfer_cap=transfer_cap)  # fmt: skip
+                      write_card=card, log=typer.echo, transfer_cap=transfer_cap,
+                      variants=variants)  # fmt: skip
     typer.echo(tables(result))
 
 
