@@ -30,18 +30,23 @@ from __future__ import annotations
 import bisect
 import functools
 import importlib.util
+import math
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_PRIOR",
     "DETECTORS",
+    "HINT_WEIGHT",
     "LATIN_CANDIDATES",
+    "MARKET_PRIORS",
     "LanguageResult",
     "Segment",
+    "configure_priors",
     "detect",
     "detect_batch",
     "get_detector",
@@ -137,7 +142,11 @@ _CHEAP_SURE = 0.5
 # smallest set of its best candidates holding this share of its probability,
 # plus cld2's choice and every language the prior favours.
 _PLAUSIBLE_MASS = 0.9
-_FASTTEXT_K = 10  # fastText labels read per text (candidates beyond are implausible)
+# fastText labels read per text: the best 10 with probability >= 1 % (fewer
+# labels to build is most of the saving; what lies beyond cannot change the
+# plausible set).
+_FASTTEXT_K = 10
+_FASTTEXT_MIN = 0.01
 _HASHTAG_ONLY_THRESHOLD = 0.9  # a post made only of hashtags needs this posterior
 _OTHER_SCRIPT_OVERRIDE = 0.75  # lingua must be this sure to leave the script's default
 _KANA_SHARE_FOR_JA = 0.15
@@ -586,6 +595,35 @@ def _decide_by_rules(a: _Analysis, g: _Group, masked: str) -> None:
     g.code, g.confidence = UND, 0.0  # unknown script
 
 
+def configure_priors(
+    markets: Mapping[str, Mapping[str, float]] | None = None,
+    default: Mapping[str, float] | None = None,
+) -> None:
+    """Replace MARKET_PRIORS (market -> {language: weight}) and/or DEFAULT_PRIOR.
+
+    Weights are relative to 1.0 for an unlisted language and must be > 0;
+    market names and language codes are compared in lower case.
+    """
+
+    def clean(weights: Mapping[str, float], where: str) -> dict[str, float]:
+        out = {}
+        for code, w in weights.items():
+            w = float(w)
+            if not (w > 0 and math.isfinite(w)):
+                raise ValueError(f"prior weight for {where}/{code} must be > 0, got {w}")
+            out[code.strip().lower()] = w
+        return out
+
+    if markets is not None:
+        new = {m.strip().lower(): clean(ws, m) for m, ws in markets.items()}
+        MARKET_PRIORS.clear()
+        MARKET_PRIORS.update(new)
+    if default is not None:
+        new_default = clean(default, "default")
+        DEFAULT_PRIOR.clear()
+        DEFAULT_PRIOR.update(new_default)
+
+
 def _prior(market: str | None, hint: str | None) -> dict[str, float]:
     """Language weights for one post: its market's prior, times HINT_WEIGHT
     for the hinted language."""
@@ -621,7 +659,8 @@ def _cheap_pass(a: _Analysis, g: _Group) -> None:
     top, top_p = scores[0] if scores else (UND, 0.0)
     post = _posterior({c: p for c, p in scores if c in cands}, a.prior)
     best = max(post, key=post.__getitem__) if post else UND
-    if best == top and top_p >= _CHEAP_SURE and _cld2_top(g.query) == best:
+    cld2 = _cld2_top(g.query) if best == top and top_p >= _CHEAP_SURE else None
+    if cld2 == best:
         _answer(a, g, best, post)
         return
     if g.cls != "Latn":
@@ -638,7 +677,9 @@ def _cheap_pass(a: _Analysis, g: _Group) -> None:
             break
     if not plausible:  # fastText sees no candidate at all: compare them all
         plausible = list(cands)
-    extra = {_cld2_top(g.query)} | {c for c, w in a.prior.items() if w > 1.0}
+    if cld2 is None:
+        cld2 = _cld2_top(g.query)
+    extra = {cld2} | {c for c, w in a.prior.items() if w > 1.0}
     chosen = set(plausible) | (extra & set(cands))
     if len(chosen) == 1:
         _answer(a, g, chosen.pop(), post)
@@ -649,7 +690,8 @@ def _cheap_pass(a: _Analysis, g: _Group) -> None:
 def _answer(a: _Analysis, g: _Group, code: str, post: dict[str, float]) -> None:
     """Settle a group on code; post is the posterior it was chosen from."""
     g.cands = ()
-    confidence = post.get(code, 0.0)
+    # a posterior is never certainty (the detectors share blind spots): at most 0.99
+    confidence = min(0.99, post.get(code, 0.0))
     if g.cls != "Latn":
         # The script's main language stays unless the evidence is strong.
         default = _SCRIPT_CANDIDATES[g.cls][0]
@@ -762,7 +804,9 @@ def _fasttext_scores(text: str) -> list[tuple[str, float]]:
     # something else); its check costs two regex scans per call, ours one test.
     if text.isupper():
         text = text.lower()
-    found = _fasttext_lite(normalize=False).detect(text, model="lite", k=_FASTTEXT_K)
+    found = _fasttext_lite(normalize=False).detect(
+        text, model="lite", k=_FASTTEXT_K, threshold=_FASTTEXT_MIN
+    )
     return [(str(item["lang"]), float(item["score"])) for item in found]
 
 

@@ -28,8 +28,9 @@ CASES = [
     ("我们今天去北京吃饭，这里的风景真漂亮", None, "zh", "Hans"),
     ("我們今天去台北吃東西，這裡的風景真漂亮", None, "zh", "Hant"),
     ("你好", None, "zh", "Hans"),
-    # a lone greeting: lingua says Italian, fastText English -> we do not guess
-    ("hello", None, "und", "Latn"),
+    # a lone greeting: lingua leans Italian, fastText and cld2 say English and
+    # agree, and the prior favours English anyway
+    ("hello", None, "en", "Latn"),
     ("hello", "en", "en", "Latn"),
     ("hello", "en-US", "en", "Latn"),
     ("thanks", None, "en", "Latn"),
@@ -197,6 +198,134 @@ def test_detect_batch_equals_detect() -> None:
 def test_detect_batch_rejects_hint_length_mismatch() -> None:
     with pytest.raises(ValueError):
         detect_batch(["a", "b"], [None])
+    with pytest.raises(ValueError):
+        detect_batch(["a", "b"], markets=["cn"])
+
+
+# --------------------------------------------------------------------------
+# English single words and short posts: the influx's commonest posts.
+
+EN_WORDS = [
+    "thanks",
+    "hello",
+    "weather",
+    "beautiful",
+    "friend",
+    "happy",
+    "water",
+    "people",
+    "because",
+    "something",
+    "problem",
+    "welcome",
+    "awesome",
+    "refugee",
+]
+EN_SHORT = [
+    "good morning",
+    "see you soon",
+    "nice to meet you",
+    "where are you from",
+    "so cute",
+    "HELLO EVERYONE",
+    "thank you so much",
+]
+
+
+@pytest.mark.parametrize("text", EN_WORDS + EN_SHORT)
+def test_english_words_and_short_posts(text: str) -> None:
+    r = detect(text)
+    assert (r.code, r.script, r.mixed) == ("en", "Latn", ())
+
+
+# Plainly English posts: confident (the cheap pass and the prior agree), links,
+# mentions and emoji notwithstanding.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The weather is lovely today and we are going to the beach.",
+        "Just landed in Paris, what a view! https://t.co/abc @bob 😍",
+        "Where can I buy good noodles in Shanghai?",
+        "hello everyone, new here from Texas",
+        "omg this app is so cool, everyone is so friendly here",
+    ],
+)
+def test_plain_english_is_confident(text: str) -> None:
+    r = detect(text)
+    assert r.code == "en"
+    assert 0.9 <= r.confidence <= 0.99
+
+
+# --------------------------------------------------------------------------
+# The market prior breaks ties in short Latin text, in either direction, and
+# never overrules clear evidence or a script.
+
+
+@pytest.fixture
+def priors():
+    """Restore the module's priors after a test that configures them."""
+    saved_markets = {m: dict(w) for m, w in language.MARKET_PRIORS.items()}
+    saved_default = dict(language.DEFAULT_PRIOR)
+    yield language.configure_priors
+    language.configure_priors(markets=saved_markets, default=saved_default)
+
+
+# text, market, extra markets configured, expected code
+PRIOR_CASES = [
+    # words Spanish and English share: the platform's prior says English ...
+    ("capital", None, None, "en"),
+    ("capital", "intl", None, "en"),
+    ("capital", "cn", None, "en"),
+    ("capital", "no-such-market", None, "en"),  # unknown market: DEFAULT_PRIOR
+    ("terrible", "intl", None, "en"),
+    ("natural", "intl", None, "en"),
+    # ... a market where Spanish is common says Spanish
+    ("capital", "mx", {"mx": {"es": 3.0}}, "es"),
+    ("terrible", "MX", {"mx": {"es": 3.0}}, "es"),
+    ("natural", "mx", {"mx": {"es": 3.0}}, "es"),
+    # clear evidence wins whatever the prior
+    ("gracias", "intl", None, "es"),
+    ("Je suis très content de vous voir ce soir", "intl", None, "fr"),
+    ("the weather is really nice today", "mx", {"mx": {"es": 3.0}}, "en"),
+    ("我们今天去北京吃饭", "intl", None, "zh"),
+    ("ok", "intl", None, "und"),  # too short for any prior
+]
+
+
+@pytest.mark.parametrize(("text", "market", "extra", "code"), PRIOR_CASES)
+def test_market_prior_breaks_ties(priors, text: str, market, extra, code: str) -> None:
+    if extra:
+        priors(markets={**language.MARKET_PRIORS, **extra})
+    assert detect(text, market=market).code == code
+    assert detect_batch([text], markets=[market])[0] == detect(text, market=market)
+
+
+def test_default_prior_is_what_makes_a_shared_word_english(priors) -> None:
+    # With a flat prior the same evidence leans Spanish: the prior decided.
+    assert detect("capital").code == "en"
+    priors(default={})
+    assert detect("capital").code == "es"
+
+
+def test_hint_weighs_like_a_prior() -> None:
+    assert detect("capital", "es").code == "es"
+    assert detect("capital", "en").code == "en"
+    assert detect("gracias", "en").code == "es"  # a hint never beats clear evidence
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_configure_priors_rejects_bad_weights(priors, bad: float) -> None:
+    with pytest.raises(ValueError):
+        priors(markets={"cn": {"en": bad}})
+
+
+def test_detect_batch_with_markets_equals_detect() -> None:
+    texts = ["capital", "terrible", MIXED, "hello", "Привет, как дела?"]
+    markets = ["intl", "cn", None, "intl", "cn"]
+    hints = [None, "es", None, None, None]
+    assert detect_batch(texts, hints, markets=markets) == [
+        detect(t, h, market=m) for t, h, m in zip(texts, hints, markets, strict=True)
+    ]
 
 
 def test_registry() -> None:
