@@ -90,6 +90,21 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(default=15.0, gt=0, le=3600)
     # consumers idle this long with nothing pending are removed from the group
     consumer_idle_remove_s: int = Field(default=600, ge=10)
+    # access: API keys with roles (`floodgate keys create`). On a loopback address with no
+    # active key the API runs open for local use (and says so); on any other address it
+    # refuses to start without keys unless `insecure` is set.
+    insecure: bool = False
+    metrics_public: bool = True  # /metrics without a key (else the read role)
+    cors_origins: list[str] = Field(default_factory=list)  # empty: CORS off
+    # rate limits (token buckets in Redis): requests per API key, posts per author on submit;
+    # 0 turns one off (a replay that compresses a day into a minute turns authors off)
+    rate_key_per_s: float = Field(default=200.0, ge=0)
+    rate_key_burst: int = Field(default=1000, ge=1)
+    rate_author_per_min: float = Field(default=60.0, ge=0)
+    rate_author_burst: int = Field(default=60, ge=1)
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
+    log_level: str = "INFO"
+
     # testing aid for fault-injection suites: a worker that reads a post containing this
     # marker kills its own process (SIGKILL), as a segfault in a native library would
     fault_crash_marker: str | None = Field(default=None, min_length=8)

@@ -225,8 +225,11 @@ class PolicyRegistry:
         self.client = client
         self.keys = keys
 
-    def publish(self, bundle: dict, version: str, name: str, role: str = "live") -> bool:
-        """Make `version` the live (or shadow) one; True when it changed."""
+    def publish(
+        self, bundle: dict, version: str, name: str, role: str = "live", actor: str = "(server)"
+    ) -> bool:
+        """Make `version` the live (or shadow) one; True when it changed. ``actor`` (the API
+        key's name, or "(server)" for the file watcher) is recorded in the history."""
         if role not in self.ROLES:
             raise ValueError(role)
         self.client.hsetnx(self.keys.policy_versions, version,
@@ -236,17 +239,18 @@ class PolicyRegistry:
             self.client.xadd(
                 self.keys.policy_history,
                 {"role": role, "version": version, "name": name, "previous": previous or "",
-                 "source": bundle.get("source", ""), "at": int(time.time() * 1000)},
+                 "source": bundle.get("source", ""), "at": int(time.time() * 1000),
+                 "actor": actor},
                 maxlen=10_000, approximate=True,
             )  # fmt: skip
         return previous != version
 
-    def clear(self, role: str) -> bool:
+    def clear(self, role: str, actor: str = "(server)") -> bool:
         previous = self.client.getdel(self.keys.policy_role(role))
         if previous:
             self.client.xadd(self.keys.policy_history,
                              {"role": role, "version": "", "previous": previous,
-                              "at": int(time.time() * 1000)})  # fmt: skip
+                              "at": int(time.time() * 1000), "actor": actor})  # fmt: skip
         return previous is not None
 
     def current(self) -> dict[str, str | None]:

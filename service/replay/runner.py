@@ -159,6 +159,9 @@ class EmbeddedService:
             "FLOODGATE_POLICY_PATH": str(settings.policy_path),
             "FLOODGATE_KEY_PREFIX": settings.key_prefix,
             "FLOODGATE_TORCH_THREADS": str(self.torch_threads),
+            # scenario time is compressed (a day into a minute): an author's day of posts
+            # would look like a burst, so the per-author limit is off for the embedded run
+            "FLOODGATE_RATE_AUTHOR_PER_MIN": "0",
         }
         # the API first, so that it publishes the policy before any worker reads it
         with _env(env), _fds_to(self.log_path):

@@ -1,0 +1,76 @@
+"""Prometheus metrics of the API process, and the middleware that counts every request."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.posts = Counter(
+            "floodgate_posts_total", "Posts received by outcome", ["outcome"], registry=r
+        )
+        self.requests = Counter(
+            "floodgate_http_requests_total", "HTTP requests", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "floodgate_http_request_seconds", "HTTP request latency", ["route"], registry=r
+        )
+        self.backlog = Gauge(
+            "floodgate_stream_length", "Posts accepted and not yet decided", registry=r
+        )
+        self.pending = Gauge(
+            "floodgate_stream_pending", "Posts delivered to a worker, not acked", registry=r
+        )
+        self.lag = Gauge(
+            "floodgate_stream_lag_seconds", "Age of the oldest undecided post", registry=r
+        )
+        self.dead = Gauge("floodgate_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.decisions = Gauge(
+            "floodgate_decisions",
+            "Decisions stored, by language and action",
+            ["language", "action"],
+            registry=r,
+        )
+        self.throughput = Gauge(
+            "floodgate_decisions_per_second", "Decisions per second, last minute", registry=r
+        )
+        self.redis_up = Gauge(
+            "floodgate_redis_up", "1 when Redis answered the last scrape", registry=r
+        )
+        self.workers = Gauge("floodgate_workers_alive", "Workers with a fresh heartbeat", registry=r)
+        self.denied = Counter(
+            "floodgate_auth_denied_total", "Requests refused: 401 or 403", ["status"], registry=r
+        )
+        self.rate_limited = Counter(
+            "floodgate_rate_limited_total", "Requests or posts over a rate limit", ["scope"],
+            registry=r,
+        )  # fmt: skip
+
+    def update(self, stats: dict, workers: int) -> None:
+        self.backlog.set(stats["stream"]["length"])
+        self.pending.set(stats["stream"]["pending"])
+        self.lag.set(stats["stream"]["lag_ms"] / 1000)
+        self.dead.set(stats["dead_letters"])
+        for lang, actions in stats["decisions"]["by_language"].items():
+            for action, n in actions.items():
+                self.decisions.labels(lang, action).set(n)
+        self.throughput.set(stats["throughput"]["per_s"])
+        self.workers.set(workers)
+        self.redis_up.set(1)
+
+    def install(self, app: FastAPI) -> None:
+        """Count every request by route template and status, with its latency."""
+
+        @app.middleware("http")
+        async def _observe(request: Request, call_next):
+            started = time.perf_counter()
+            response = await call_next(request)
+            name = getattr(request.scope.get("route"), "path", "unmatched")
+            self.requests.labels(name, str(response.status_code)).inc()
+            self.latency.labels(name).observe(time.perf_counter() - started)
+            return response

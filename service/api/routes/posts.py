@@ -1,0 +1,164 @@
+"""Posts: submit one or a batch (queued for the workers), read a post's decision, and the
+synchronous path."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.api.errors import BACKLOG_FULL, error_response, not_found, one_error, validation_errors
+from service.api.security import author_checks, caller, rate_limited
+from service.api.state import AppState, get_state
+from service.auth import Principal
+from service.policy.parse import load_bundle
+from service.queue import FULL, QUEUED
+from service.schemas import (
+    POST_ID,
+    Accepted,
+    BatchIn,
+    BatchItemResult,
+    BatchResult,
+    Decision,
+    Failed,
+    Pending,
+    PostIn,
+)
+
+router = APIRouter(tags=["posts"])
+SUBMIT, READ = Depends(caller("submit")), Depends(caller("read"))
+
+
+def new_id() -> str:
+    return f"p_{uuid.uuid4().hex}"
+
+
+async def retry_after(st: AppState) -> int:
+    """Seconds until the workers have drained 5 % of the backlog bound, at the rate of the
+    last 10 s (1..60): long enough to matter, short enough not to idle them."""
+    rate = await st.reader.recent_rate(10)
+    return int(min(60, max(1, 0.05 * st.settings.max_backlog / max(rate, 1.0))))
+
+
+@router.post("/v1/posts", status_code=202, response_model=Accepted)
+async def submit(
+    post: PostIn, st: AppState = Depends(get_state), _: Principal = SUBMIT
+) -> Any:
+    """Queue a post. The 202 is sent once the post is durably in Redis; 429 with
+    Retry-After when the backlog is at its bound or the author posts too fast."""
+    [limit] = await author_checks(st, [post.author.id if post.author else None])
+    if limit is not None and not limit.allowed:
+        raise rate_limited(limit, "author.id")
+    post_id = post.post_id or new_id()
+    [outcome] = await st.producer.enqueue_many(
+        [(post_id, post.model_dump(mode="json", exclude_none=True))]
+    )
+    if outcome == FULL:
+        st.metrics.posts.labels("refused").inc()
+        return error_response(429, "backlog_full", [BACKLOG_FULL],
+                              {"Retry-After": str(await retry_after(st))})  # fmt: skip
+    st.metrics.posts.labels(outcome).inc()
+    return Accepted(post_id=post_id, status=outcome)
+
+
+@router.post("/v1/posts/batch", status_code=202, response_model=BatchResult)
+async def submit_batch(
+    batch: BatchIn, st: AppState = Depends(get_state), _: Principal = SUBMIT
+) -> Any:
+    """Queue up to 1,000 posts; each is accepted or rejected on its own (a post refused for a
+    full backlog is `rejected` with type `backlog_full`, and the answer has Retry-After)."""
+    results: list[BatchItemResult] = []
+    valid: list[tuple[int, str, PostIn]] = []
+    for i, raw in enumerate(batch.posts):
+        try:
+            post = PostIn.model_validate(raw)
+        except ValidationError as exc:
+            errors = validation_errors(exc, root=f"posts.{i}")
+            results.append(BatchItemResult(index=i, status="rejected", errors=errors))
+            continue
+        valid.append((i, post.post_id or new_id(), post))
+    limits = await author_checks(st, [p.author.id if p.author else None for _, _, p in valid])
+    good: list[tuple[int, str, dict]] = []
+    for (i, post_id, post), limit in zip(valid, limits, strict=True):
+        if limit is not None and not limit.allowed:  # this author posts too fast: this post only
+            errors = [{"field": f"posts.{i}.author.id", "type": "rate_limited",
+                       "message": f"author over its rate limit; retry after {limit.retry_after_header} s"}]  # fmt: skip
+            results.append(BatchItemResult(index=i, post_id=post_id, status="rejected", errors=errors))
+        else:
+            good.append((i, post_id, post.model_dump(mode="json", exclude_none=True)))
+    outcomes = await st.producer.enqueue_many([(pid, p) for _, pid, p in good])
+    for (i, post_id, _), outcome in zip(good, outcomes, strict=True):
+        if outcome == FULL:
+            results.append(BatchItemResult(index=i, post_id=post_id, status="rejected",
+                                           errors=[BACKLOG_FULL]))  # fmt: skip
+        else:
+            results.append(BatchItemResult(index=i, post_id=post_id, status=outcome))
+    results.sort(key=lambda r: r.index)
+    accepted = sum(r.status != "rejected" for r in results)
+    refused = outcomes.count(FULL)
+    posts = st.metrics.posts
+    posts.labels("queued").inc(outcomes.count(QUEUED))
+    posts.labels("duplicate").inc(accepted - outcomes.count(QUEUED))
+    posts.labels("refused").inc(refused)
+    posts.labels("rejected").inc(len(results) - accepted - refused)
+    body = BatchResult(accepted=accepted, rejected=len(results) - accepted, results=results)
+    if refused:  # the refused posts may be sent again after Retry-After
+        return JSONResponse(body.model_dump(mode="json"), status_code=202,
+                            headers={"Retry-After": str(await retry_after(st))})  # fmt: skip
+    return body
+
+
+@router.get(
+    "/v1/posts/{post_id}/decision",
+    response_model=Decision | Failed,
+    responses={202: {"model": Pending}, 404: {"description": "unknown post id"}},
+)
+async def get_decision(
+    post_id: str = Path(pattern=POST_ID), st: AppState = Depends(get_state),
+    _: Principal = READ,
+) -> Any:  # fmt: skip
+    """The decision (200), still queued (202), dead-lettered (200, status failed), unknown (404)."""
+    status, value = await st.reader.lookup(post_id)
+    if status == "decided":
+        return JSONResponse(value)
+    if status == "failed":
+        return Failed(post_id=post_id, error=value)
+    if status == "pending":
+        return JSONResponse(Pending(post_id=post_id).model_dump(), status_code=202)
+    return not_found("post_id", f"unknown post id {post_id!r}")
+
+
+@router.post("/v1/moderate", response_model=Decision)
+async def moderate(
+    post: PostIn, st: AppState = Depends(get_state), _: Principal = SUBMIT
+) -> Any:
+    """Decide one post synchronously (for tuning and small callers; not queued, not stored)."""
+    if st.sync_slots.locked():  # bounded: a flood of sync calls must not starve the API
+        return one_error(429, "too_many_requests", "request",
+                         f"{st.settings.max_sync_inflight} synchronous calls are in flight; "
+                         "retry after Retry-After seconds", "sync_inflight",
+                         {"Retry-After": "1"})  # fmt: skip
+    async with st.sync_slots:
+        return await _moderate(post, st)
+
+
+async def _moderate(post: PostIn, st: AppState) -> Decision:
+    from service.pipeline import Job, Moderator  # torch loads on the first sync call only
+
+    async with st.moderator_lock:
+        if st.moderator is None:
+            st.moderator = await asyncio.to_thread(Moderator.from_settings, st.settings)
+        # decide with the live version, like the workers
+        live = (await asyncio.to_thread(st.registry.current))["live"]
+        if live and live != st.moderator.policy.version:
+            bundle = await asyncio.to_thread(st.registry.bundle, live)
+            if bundle:
+                lp = await asyncio.to_thread(load_bundle, bundle)
+                await asyncio.to_thread(st.moderator.use_policy, lp)
+    job = Job(post.post_id or new_id(), post)
+    [decision] = await asyncio.to_thread(st.moderator.decide, [job])
+    return decision
