@@ -23,10 +23,35 @@ app.add_typer(policy_app, name="policy")
 log = logging.getLogger("floodgate")
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(settings: Settings | None = None) -> None:
+    """JSON lines, or text on a terminal (FLOODGATE_LOG_FORMAT), for every process."""
+    from service.logs import configure_logging
+
+    s = settings or get_settings()
+    configure_logging(s.log_format, s.log_level)
+
+
+def _uvicorn_logs(settings: Settings) -> dict:
+    from service.logs import log_config
+
+    return log_config(settings.log_format, settings.log_level)
+
+
+def _check_access_or_exit(settings: Settings) -> None:
+    """Off loopback the API needs API keys (or an explicit --insecure): it must never be
+    exposed open by accident."""
+    from service.api.security import open_allowed
+    from service.auth import KeyStore
+    from service.queue import Keys
+    from service.redisdb import connect
+
+    if open_allowed(settings):
+        return
+    if not KeyStore(connect(settings.redis_url or ""), Keys(settings.key_prefix)).any_active():
+        typer.echo(f"floodgate: refusing to serve on {settings.host} without API keys: create "
+                   "one with `floodgate keys create --role admin --name ops`, or pass --insecure "
+                   "to run open on purpose", err=True)  # fmt: skip
+        raise typer.Exit(2)
 
 
 def ensure_model(settings: Settings) -> None:
@@ -51,6 +76,7 @@ def serve(
     host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default 8000)"),
     workers: int = typer.Option(None, help="worker processes (default FLOODGATE_WORKERS or 1)"),
+    insecure: bool = typer.Option(False, help="serve open (no API keys) off loopback, on purpose"),
 ) -> None:
     """API + workers in one command; starts a private Redis when REDIS_URL is unset."""
     import uvicorn
@@ -59,10 +85,11 @@ def serve(
     from service.processes import Supervisor
     from service.redisdb import EmbeddedRedis
 
-    _logging()
     settings = get_settings().model_copy()
+    _logging(settings)
     settings.host = host or settings.host
     settings.port = port or settings.port
+    settings.insecure = insecure or settings.insecure
     count = workers or settings.workers
     _check_policy_or_exit(settings.policy_path)
     ensure_model(settings)
@@ -71,6 +98,12 @@ def serve(
         embedded = EmbeddedRedis(settings.data_dir).start()
         settings.redis_url = embedded.url
         log.info("embedded redis-server at %s (data in %s)", embedded.url, embedded.dir)
+    try:
+        _check_access_or_exit(settings)
+    except typer.Exit:
+        if embedded:
+            embedded.stop()
+        raise
     # workers (and the embedded Redis) are restarted when they die, with backoff
     supervisor = Supervisor(settings, count, embedded).start()
     # uvicorn handles SIGTERM/SIGINT itself, then restores the previous handlers and
@@ -78,7 +111,8 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_config=_uvicorn_logs(settings))  # fmt: skip
     finally:
         log.info("stopping %d worker(s)", count)
         supervisor.stop()
@@ -91,18 +125,23 @@ def serve(
 def api(
     host: str = typer.Option(None, help="bind address"),
     port: int = typer.Option(None, help="port"),
+    insecure: bool = typer.Option(False, help="serve open (no API keys) off loopback, on purpose"),
 ) -> None:
     """Run only the API (needs REDIS_URL)."""
     import uvicorn
 
     from service.api import create_app
 
-    _logging()
-    settings = get_settings()
+    settings = get_settings().model_copy()
+    _logging(settings)
     if not settings.redis_url:
         typer.echo("floodgate api: set REDIS_URL (or use `floodgate serve`)", err=True)
         raise typer.Exit(2)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    settings.host, settings.port = host or settings.host, port or settings.port
+    settings.insecure = insecure or settings.insecure
+    _check_access_or_exit(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_config=_uvicorn_logs(settings))  # fmt: skip
 
 
 @app.command()

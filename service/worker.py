@@ -370,9 +370,9 @@ class Worker:
 
 def run_worker(settings: Settings) -> None:
     """Entry point of a worker process (`floodgate worker` and the ones `serve` starts)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
     registry = PolicyRegistry(connect(settings.redis_url or ""), Keys(settings.key_prefix))
     live = registry.current()["live"]
     bundle = registry.bundle(live) if live else None
