@@ -6,13 +6,15 @@ Data: ../shared/data/eval/langid/lingua_testdata.jsonl (lingua-py test data,
 13 languages x buckets word / short (word pair) / sent; see its SOURCE.txt).
 Accuracy counts "und" as wrong; precision is accuracy on the answered rows.
 Overall figures are over rows (micro average). texts/s is one thread, one
-text per call, after a warm-up that loads each backend's models. For
-"floodgate" the batched path (detect_batch, lingua's parallel call) is timed too.
+text per call, after a warm-up that loads each backend's models. floodgate and
+floodgate-v1 are also timed against each other in alternating chunks (one text
+per call, and detect_batch in batches of 128), which keeps their ratio
+meaningful on a machine whose load changes from minute to minute.
 
 "floodgate-v1" is the detector as it was before the cheap first pass and the
 market prior (service/language.py at commit V1_COMMIT, read from git and
-loaded as a module of its own), so old and new are measured in the same run;
-the speed ratios new / v1 are printed under the tables. ``--market`` picks the
+loaded as a module of its own), so old and new are measured in the same run.
+``--market`` picks the
 prior floodgate uses (default: none given, i.e. DEFAULT_PRIOR).
 
 The markdown tables are printed and written into docs/language.md between
@@ -29,6 +31,7 @@ import sys
 import time
 import types
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +51,7 @@ BUCKETS = ("word", "short", "sent")
 START, END = "<!-- langid-eval:start -->", "<!-- langid-eval:end -->"
 ALIASES = {"iw": "he", "in": "id", "jw": "jv"}
 V1 = "floodgate-v1"
+CHUNK, BATCH = 512, 128  # paired timing: texts per turn; detect_batch size
 V1_COMMIT = "6a169b2"  # last commit of the detector before the cheap first pass
 
 
@@ -119,12 +123,9 @@ def evaluate(run, rows: list[dict]) -> dict:
         if row["lang"] not in seen:
             seen.add(row["lang"])
             run(row["text"])
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     preds = [norm(run(row["text"])[0]) for row in rows]
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = summarise(rows, preds, len(rows) / elapsed)
-    out["cpu_speed"] = len(rows) / cpu
-    return out
+    return summarise(rows, preds, len(rows) / (time.perf_counter() - t0))
 
 
 def summarise(rows: list[dict], preds: list[str], speed: float) -> dict:
@@ -150,14 +151,44 @@ def summarise(rows: list[dict], preds: list[str], speed: float) -> dict:
     }
 
 
-def batch_speed(rows: list[dict], fn, batch: int = 128) -> tuple[float, float]:
-    """(texts/s, texts per CPU-second of this process, all threads) through fn."""
+def paired_speeds(paths: dict[str, Callable[[list[str]], object]], rows: list[dict]):
+    """{path: (texts/s, texts per CPU-second of this process)}, the paths timed
+    on the same texts in alternating chunks (order reversed every other chunk),
+    so that all of them see the same load on a shared machine."""
     texts = [row["text"] for row in rows]
-    fn(texts[:batch])
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(0, len(texts), batch):
-        fn(texts[i : i + batch])
-    return len(texts) / (time.perf_counter() - t0), len(texts) / (time.process_time() - c0)
+    for fn in paths.values():
+        fn(texts[:CHUNK])  # warm-up
+    wall: dict[str, float] = defaultdict(float)
+    cpu: dict[str, float] = defaultdict(float)
+    names = list(paths)
+    for k, i in enumerate(range(0, len(texts), CHUNK)):
+        part = texts[i : i + CHUNK]
+        for name in names if k % 2 == 0 else names[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            paths[name](part)
+            wall[name] += time.perf_counter() - t0
+            cpu[name] += time.process_time() - c0
+    return {name: (len(texts) / wall[name], len(texts) / cpu[name]) for name in names}
+
+
+def speed_paths(market: str | None, v1: types.ModuleType | None):
+    """The timed paths: floodgate (and v1) one text per call and in batches of BATCH."""
+
+    def batched(fn):
+        def run(texts: list[str]) -> None:
+            for i in range(0, len(texts), BATCH):
+                fn(texts[i : i + BATCH])
+
+        return run
+
+    paths: dict[str, Callable[[list[str]], object]] = {
+        "floodgate": lambda texts: [detect(t, market=market) for t in texts],
+        "floodgate batch": batched(lambda b: detect_batch(b, markets=[market] * len(b))),
+    }
+    if v1 is not None:
+        paths[V1] = lambda texts: [v1.detect(t) for t in texts]
+        paths[f"{V1} batch"] = batched(v1.detect_batch)
+    return paths
 
 
 def pct(x: float) -> str:
@@ -168,7 +199,7 @@ def tables(
     results: dict[str, dict],
     rows: list[dict],
     args: argparse.Namespace,
-    batched: dict[str, tuple[float, float]],
+    speeds: dict[str, tuple[float, float]],
 ) -> str:
     cells = (
         "all rows"
@@ -214,23 +245,30 @@ def tables(
                 for b in BUCKETS
             ]
             out.append(f"| {lang} | " + " | ".join(cells) + " |")
-    out.append("")
-    for name in ours:
-        wall, cpu = batched[name]
-        out.append(
-            f"* {name}: one text per call {results[name]['speed']:,.0f} texts/s "
-            f"({results[name]['cpu_speed']:,.0f} per CPU-second); through detect_batch "
-            f"(batches of 128) {wall:,.0f} texts/s ({cpu:,.0f} per CPU-second)."
-        )
-    if len(ours) == 2:
-        new, old = results["floodgate"], results[V1]
-        (bw, bc), (ow, oc) = batched["floodgate"], batched[V1]
-        out.append(
-            f"* floodgate / {V1}, same run: one text per call {new['speed'] / old['speed']:.2f}x "
-            f"(CPU {new['cpu_speed'] / old['cpu_speed']:.2f}x), detect_batch {bw / ow:.2f}x "
-            f"(CPU {bc / oc:.2f}x); overall accuracy {pct(new['acc']['all'])} vs "
-            f"{pct(old['acc']['all'])} %."
-        )
+    if speeds:
+        out += [
+            "",
+            f"Speed of floodgate{' and ' + V1 if V1 in speeds else ''}, timed in alternating "
+            f"chunks of {CHUNK} texts so that all paths see the same machine load (texts/s, "
+            "and texts per CPU-second of the process in brackets):",
+            "",
+            "| path | one text per call | detect_batch, batches of 128 |",
+            "| --- | ---: | ---: |",
+        ]
+        for name in ("floodgate", V1):
+            if name in speeds:
+                (w, c), (bw, bc) = speeds[name], speeds[f"{name} batch"]
+                out.append(f"| {name} | {w:,.0f} ({c:,.0f}) | {bw:,.0f} ({bc:,.0f}) |")
+        if V1 in speeds:
+            ratio = [
+                speeds[f"floodgate{s}"][i] / speeds[f"{V1}{s}"][i]
+                for s in ("", " batch")
+                for i in (0, 1)
+            ]
+            out.append(
+                f"| floodgate / {V1} | {ratio[0]:.2f}x ({ratio[1]:.2f}x) | "
+                f"{ratio[2]:.2f}x ({ratio[3]:.2f}x) |"
+            )
     return "\n".join(out)
 
 
@@ -277,14 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: {pct(results[name]['acc']['all'])} % in {time.perf_counter() - t0:.0f} s",
             file=sys.stderr,
         )
-    batched: dict[str, tuple[float, float]] = {}
+    speeds = {}
     if "floodgate" in results:
-        batched["floodgate"] = batch_speed(
-            rows, lambda texts: detect_batch(texts, markets=[args.market] * len(texts))
-        )
-    if v1 is not None:
-        batched[V1] = batch_speed(rows, v1.detect_batch)
-    table = tables(results, rows, args, batched)
+        speeds = paired_speeds(speed_paths(args.market, v1 if V1 in results else None), rows)
+    table = tables(results, rows, args, speeds)
     print(table)
     if not args.no_write:
         command = "python bench/langid_eval.py"
