@@ -45,6 +45,8 @@ class Author(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=128)
     created_at: Timestamp | None = None
+    # the author's reach (followers), when known: orders the review queues
+    followers: int | None = Field(default=None, ge=0)
 
 
 class PostIn(BaseModel):
@@ -151,6 +153,43 @@ class ShadowOutcome(BaseModel):
     outcomes: dict[str, str]
 
 
+VerdictAction = Literal["allow", "label", "limit_reach", "remove"]
+
+
+class Fallback(BaseModel):
+    """The queue was over its SLA when the post came: it took the overflow action instead."""
+
+    applied: bool = True
+    action: str
+    instead_of: str = "review"
+    sla_s: float
+    capacity_per_hour: float
+    admission_limit: int
+
+
+class Verdict(BaseModel):
+    action: VerdictAction
+    reason: str
+    reviewer: str
+    at: int  # ms since the epoch (Redis time)
+    queue: str
+    outcome: Literal["upheld", "overturned"] | None = None  # for an appeal's verdict
+
+
+class ReviewInfo(BaseModel):
+    """Where a review decision went; a read adds the human side (state, verdicts, history)."""
+
+    queue: str | None = None  # none for a decision that was only appealed
+    reason: str | None = None
+    severity: str | None = None
+    priority: float | None = None
+    fallback: Fallback | None = None
+    state: str | None = None
+    verdict: Verdict | None = None
+    appeal: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+
+
 class Decision(BaseModel):
     post_id: str
     status: Literal["decided"] = "decided"
@@ -167,6 +206,10 @@ class Decision(BaseModel):
     timings: Timings
     decided_at: datetime
     shadow: ShadowOutcome | None = None
+    # human review: where the post was queued, or the fallback it took (policy `review:`)
+    review: ReviewInfo | None = None
+    # on a read: the human verdict's action over the automated one, once there is a verdict
+    final_action: str | None = None
 
 
 class Pending(BaseModel):
@@ -203,3 +246,21 @@ class PolicySourceIn(BaseModel):
         if (self.name is None) == (self.text is None):
             raise ValueError("give exactly one of name and text")
         return self
+
+
+class ClaimIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue: str | None = Field(default=None, max_length=80,
+                              description="e.g. en/general; default: every queue you may see")  # fmt: skip
+    count: int = Field(default=1, ge=1, le=50)
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: VerdictAction
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class AppealIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, description="the author's words")

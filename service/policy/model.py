@@ -111,6 +111,57 @@ class Rule(_Strict):
     markets: list[str] | None = None
 
 
+SEVERITY_LEVELS = ("low", "medium", "high", "severe")
+Severity = Literal["low", "medium", "high", "severe"]
+REASON = r"^[a-z][a-z0-9_]*$"
+OverflowAction = Literal["allow", "label", "limit_reach", "remove"]
+
+
+class ReviewPool(_Strict):
+    """People who review: how many, how fast each works, which languages they read."""
+
+    reviewers: int = Field(ge=0)
+    items_per_hour: float = Field(gt=0, le=10_000)
+    languages: list[Annotated[str, Field(pattern=LANG_CODE)]] = Field(min_length=1)
+
+
+class ReviewQueueSpec(_Strict):
+    """One review reason (a queue per language: `<language>/<reason>`)."""
+
+    description: str = ""
+    sla_minutes: float = Field(gt=0, le=30 * 24 * 60)
+    # what a new item gets instead of review while the queue's expected wait is over its SLA
+    overflow: OverflowAction = "limit_reach"
+    # labels added to a decision the fallback applied to
+    overflow_labels: list[str] = []
+    # a floor for the severity of the queue's items (a self-harm queue is severe whatever
+    # category fired)
+    severity: Severity | None = None
+
+
+class Review(_Strict):
+    """Human review: queues by reason, reviewer pools and their capacity, who is in which."""
+
+    # per category; orders the queues (priority) and bounds the fallback (severe: never allow)
+    severity: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Severity] = {}
+    default_severity: Severity = "medium"
+    # reason -> queue; a review rule names its reason with `queue: review:<reason>`, a rule
+    # without a queue goes to `general`
+    queues: dict[Annotated[str, Field(pattern=REASON)], ReviewQueueSpec] = Field(min_length=1)
+    pools: dict[Annotated[str, Field(pattern=REASON)], ReviewPool] = Field(min_length=1)
+    # API key name -> pool: what a reviewer may see (admin keys see every queue)
+    reviewers: dict[str, str] = {}
+    appeal_sla_minutes: float = Field(default=24 * 60, gt=0, le=30 * 24 * 60)
+
+
+def review_reason(rule_queue: str | None) -> str:
+    """A rule's `queue` as a review reason: `review:self_harm` and `self_harm` are
+    `self_harm`; a rule without a queue goes to `general`."""
+    if not rule_queue:
+        return "general"
+    return rule_queue.removeprefix("review:")
+
+
 class Policy(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
@@ -121,6 +172,8 @@ class Policy(_Strict):
     benign_examples: dict[Annotated[str, Field(pattern=EXAMPLE_KEY)], list[str]] = {}
     keywords: dict[str, KeywordList] = {}
     rules: list[Rule] = Field(min_length=1)
+    # human review (queues, reviewer pools, fallback); absent: review outcomes are not queued
+    review: Review | None = None
 
     def author_windows(self) -> list[int]:
         """The `author_posts` windows (minutes) the rules use: what the worker must count."""
@@ -170,6 +223,37 @@ class Policy(_Strict):
                                 f"rules[{i}] ({rule.id}): unknown market {market!r}",
                             )
                         )
+        if errors:
+            raise LocatedErrors(errors)
+        return self
+
+    @model_validator(mode="after")
+    def _review_references(self) -> Policy:
+        if self.review is None:
+            return self
+        r, errors = self.review, []
+        for name in r.severity:
+            if name not in self.categories:
+                errors.append((("review", "severity", name), f"review.severity: unknown category "
+                               f"{name!r}{suggest(name, self.categories)}"))  # fmt: skip
+        for who, pool in r.reviewers.items():
+            if pool not in r.pools:
+                errors.append((("review", "reviewers", who), f"review.reviewers.{who}: unknown pool "
+                               f"{pool!r}{suggest(pool, r.pools)}"))  # fmt: skip
+        for name, spec in r.queues.items():
+            level = spec.severity or r.default_severity
+            if level == "severe" and spec.overflow in ("allow", "label"):
+                errors.append((("review", "queues", name, "overflow"),
+                               f"review.queues.{name}: a severe queue never falls back to "
+                               f"{spec.overflow!r} (limit_reach or remove)"))  # fmt: skip
+        for i, rule in enumerate(self.rules):
+            if rule.action != "review":
+                continue
+            reason = review_reason(rule.queue)
+            if reason not in r.queues:
+                at = ("rules", i, "queue") if rule.queue else ("rules", i, "action")
+                errors.append((at, f"rules[{i}] ({rule.id}): review queue {reason!r} is not "
+                               f"declared under review.queues{suggest(reason, r.queues)}"))  # fmt: skip
         if errors:
             raise LocatedErrors(errors)
         return self

@@ -11,7 +11,17 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.policy.evaluate import KeywordMatcher
-from service.policy.model import AuthorPosts, Category, Condition, KeywordList, Policy, Rule
+from service.policy.model import (
+    AuthorPosts,
+    Category,
+    Condition,
+    KeywordList,
+    Policy,
+    Review,
+    ReviewPool,
+    ReviewQueueSpec,
+    Rule,
+)
 from service.policy.validate import unreachable_rules
 from service.yamlsource import SourceError, format_errors, read_yaml
 
@@ -161,4 +171,7 @@ _OWNERS = {
     "any": Condition,
     "not": Condition,
     "author_posts": AuthorPosts,
+    "review": Review,
+    "pools": ReviewPool,
+    "queues": ReviewQueueSpec,
 }
