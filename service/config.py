@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # Redis connections per process: a request waits up to redis_pool_timeout_s for a free
     # one (then 503) instead of failing at once when the pool is busy
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
-    redis_pool_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    redis_pool_timeout_s: float = Field(default=10.0, gt=0, le=60)
     redis_socket_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     # backpressure: over this many accepted-and-undecided posts, submissions are refused
@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     # testing aid for fault-injection suites: a worker that reads a post containing this
     # marker kills its own process (SIGKILL), as a segfault in a native library would
     fault_crash_marker: str | None = Field(default=None, min_length=8)
+
+    # human review (the policy's `review:` section): a claimed item goes back into its queue
+    # when its reviewer has not resolved it within this lease
+    review_lease_s: float = Field(default=300.0, gt=0, le=24 * 3600)
 
     @property
     def resolved_policy_dir(self) -> Path:
