@@ -34,6 +34,7 @@ from service.policy import PolicyError, load_policy
 from service.policy.parse import load_bundle
 from service.queue import Consumer, Entry, Keys
 from service.redisdb import UNAVAILABLE, check_server, connect
+from service.review.rules import plan as review_plan
 from service.schemas import PostIn
 from service.store import AuthorActivity, Committed, DecisionWriter, PolicyRegistry, ShadowStats
 
@@ -179,9 +180,10 @@ class Worker:
                 time.sleep(1)
 
     def _prune_consumers(self) -> None:
-        """Once a minute: remove consumers of the group that hold nothing and have been
-        idle ``consumer_idle_remove_s`` (workers gone for good), never a live one."""
-        if time.monotonic() - self._last_prune < 60:
+        """Now and then (a quarter of the idle limit, at most a minute): remove consumers of
+        the group that hold nothing and have been idle ``consumer_idle_remove_s`` (workers
+        gone for good), never a live one."""
+        if time.monotonic() - self._last_prune < min(60.0, self.settings.consumer_idle_remove_s / 4):
             return
         self._last_prune = time.monotonic()
         raw = self.client.hgetall(self.consumer.keys.workers)
@@ -341,15 +343,19 @@ class Worker:
         ]
 
     def _commit(self, pairs) -> int:
+        # review outcomes enter their queue (or take the overflow fallback) in the commit itself
+        policy, now = self.moderator.policy.policy, time.time()
+        planned = [review_plan(d, e.post(), policy, now) for e, d in pairs]
         items = [
             Committed(
                 entry_id=e.entry_id,
                 post_id=d.post_id,
-                decision_json=d.model_dump_json(),
+                decision_json=p.decision_json,
                 language=d.language.code,
                 action=d.action,
+                review=p.review,
             )
-            for e, d in pairs
+            for (e, d), p in zip(pairs, planned, strict=True)
         ]
         flags = self.writer.commit(items)
         # shadow comparisons count each post once, like the decisions themselves

@@ -197,6 +197,23 @@ def test_entry_redelivered_too_often_is_dead_lettered(settings, moderator):
     assert client.get(keys.decision("crasher")) is None
 
 
+def test_idle_consumers_holding_nothing_leave_the_group(settings, moderator):
+    """Workers gone for good leave a consumer behind; it is removed once idle, unless it
+    still holds entries (those wait for XAUTOCLAIM)."""
+    settings = settings.model_copy(update={"consumer_idle_remove_s": 10})
+    keys = Keys(settings.key_prefix)
+    client = connect(settings.redis_url)
+    client.xgroup_create(keys.posts, settings.consumer_group, id="0", mkstream=True)
+    client.xgroup_createconsumer(keys.posts, settings.consumer_group, "gone-empty")
+    client.xadd(keys.posts, {"id": "held", "post": json.dumps({"text": "hi"}), "t": "0"})
+    client.xreadgroup(settings.consumer_group, "gone-holding", {keys.posts: ">"}, count=1)
+    names = lambda: {c["name"] for c in client.xinfo_consumers(keys.posts, settings.consumer_group)}  # noqa: E731
+    assert {"gone-empty", "gone-holding"} <= names()
+    with WorkerThread(settings.model_copy(update={"claim_idle_ms": 3_600_000}), moderator):
+        wait_until(lambda: "gone-empty" not in names(), 40, "the idle consumer to be removed")
+    assert "gone-holding" in names(), "a consumer with pending entries must stay"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_graceful_stop_finishes_the_batch_in_hand(redis_url, model_dir, sig):
     settings = make_settings(redis_url, model_dir, batch_size=32)
