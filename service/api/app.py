@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.api.docs import install_docs
 from service.api.errors import BodyGuard, install_handlers
 from service.api.metrics import Metrics
 from service.api.publishing import publish_at_start, watch_policy
@@ -43,7 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Content moderation for a bilingual platform under an influx.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
     )
+    install_docs(app)
     app.add_middleware(
         BodyGuard, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s
     )
