@@ -18,18 +18,58 @@ import redis
 import redis.asyncio as aredis
 
 from service.queue import Keys
+from service.review.rules import ReviewEntry
+from service.review.rules import summary as review_summary
+from service.review.store import ReviewKeys
+
+_NO_REVIEW = ReviewEntry(item_json="")
 
 COMMIT_LUA = """
 -- KEYS: stream, audit, stats, tput, failures, then one decision key per post
--- ARGV: group, ttl, audit_maxlen, then per post: entry_id, post_id, decision_json, stat_field
+-- ARGV: group, ttl, audit_maxlen, key prefix, then per post (10): entry_id, post_id,
+--   decision_json, stat_field, and for human review (service/review): item_json (''
+--   when the post has no review item), queue ('' when it is not for review), queue score,
+--   admission limit, fallback decision_json, fallback stat_field
+-- A review decision enters its queue here, with the decision, or -- when the queue already
+-- holds its admission limit (expected wait over its SLA) -- the fallback decision is stored
+-- instead and nothing is queued. Both happen only for a new decision: a redelivered post
+-- finds its decision and changes nothing.
 local written = 0
 local flags = {}
 local n = #KEYS - 5
+local prefix = ARGV[4]
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  local base = 4 + (i - 1) * 10
   local entry, post_id, doc, stat = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+  local item, queue = ARGV[base + 5], ARGV[base + 6]
   redis.call('HDEL', KEYS[5], entry)
-  if redis.call('SET', KEYS[5 + i], doc, 'NX', 'EX', ARGV[2]) then
+  if redis.call('EXISTS', KEYS[5 + i]) == 0 then
+    if item ~= '' then
+      local state = 'decided'
+      if queue ~= '' then
+        local qkey = prefix .. ':review:q:' .. queue
+        if redis.call('ZCARD', qkey) >= tonumber(ARGV[base + 8]) then
+          state, doc, stat = 'overflowed', ARGV[base + 9], ARGV[base + 10]
+          redis.call('HINCRBY', prefix .. ':review:counts', queue .. '|overflowed', 1)
+        else
+          state = 'queued'
+          redis.call('ZADD', qkey, ARGV[base + 7], post_id)
+          redis.call('ZADD', prefix .. ':review:age:' .. queue, now_ms, post_id)
+          redis.call('SADD', prefix .. ':review:queues', queue)
+          redis.call('HINCRBY', prefix .. ':review:counts', queue .. '|enqueued', 1)
+        end
+      end
+      local ikey = prefix .. ':review:item:' .. post_id
+      redis.call('HSET', ikey, 'data', item, 'state', state, 'queue', queue,
+                 'score', ARGV[base + 7], 'at', now_ms)
+      redis.call('EXPIRE', ikey, ARGV[2])
+      local hkey = prefix .. ':review:history:' .. post_id
+      redis.call('RPUSH', hkey, cjson.encode({event = state, queue = queue, at = now_ms}))
+      redis.call('EXPIRE', hkey, ARGV[2])
+    end
+    redis.call('SET', KEYS[5 + i], doc, 'EX', ARGV[2])
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'id', post_id, 'decision', doc)
     redis.call('HINCRBY', KEYS[3], stat, 1)
     written = written + 1
@@ -55,6 +95,8 @@ class Committed:
     decision_json: str
     language: str
     action: str
+    # human review: the item and queue entry committed with the decision (review.rules.plan)
+    review: ReviewEntry | None = None
 
 
 class DecisionWriter:
@@ -74,10 +116,12 @@ class DecisionWriter:
             return []
         keys = [self.keys.posts, self.keys.audit, self.keys.stats,
                 self.keys.throughput(int(time.time())), self.keys.failures]  # fmt: skip
-        args: list = [self.group, self.ttl_s, self.audit_maxlen]
+        args: list = [self.group, self.ttl_s, self.audit_maxlen, self.keys.prefix]
         for it in items:
             keys.append(self.keys.decision(it.post_id))
             args += [it.entry_id, it.post_id, it.decision_json, f"{it.language}|{it.action}"]
+            r = it.review or _NO_REVIEW
+            args += [r.item_json, r.queue, r.score, r.limit, r.fallback_json, r.fallback_stat]
         return [bool(f) for f in self._commit(keys=keys, args=args)]
 
 
@@ -88,6 +132,7 @@ class DecisionReader:
         self.client = client
         self.keys = keys
         self.group = group
+        self.review_keys = ReviewKeys(keys.prefix)
 
     async def lookup(self, post_id: str) -> tuple[str, dict | str | None]:
         """("decided", decision) | ("failed", error) | ("pending", None) | ("unknown", None)."""
@@ -105,10 +150,12 @@ class DecisionReader:
         return "unknown", None
 
     async def feed(self, after: str, limit: int) -> tuple[list[dict], str]:
-        """Decisions stored after the cursor `after` (an audit-stream id), oldest first."""
+        """Decisions stored after the cursor `after` (an audit-stream id), oldest first. The
+        stream also records reviewers' verdicts and authors' appeals (entries with `verdict`
+        or `appeal` instead of `decision`); the feed lists decisions only."""
         start = "-" if after in ("", "0", "0-0") else f"({after}"
         entries = await self.client.xrange(self.keys.audit, min=start, count=limit)
-        items = [json.loads(f["decision"]) for _, f in entries]
+        items = [json.loads(f["decision"]) for _, f in entries if "decision" in f]
         return items, (entries[-1][0] if entries else after)
 
     async def recent_rate(self, window_s: int = 10) -> float:
@@ -125,9 +172,11 @@ class DecisionReader:
             pipe.xlen(self.keys.dead)
             pipe.hgetall(self.keys.stats)
             pipe.xlen(self.keys.audit)
+            pipe.hgetall(self.review_keys.feedback)
+            pipe.hgetall(self.review_keys.counts)
             for s in range(now - window_s, now):
                 pipe.get(self.keys.throughput(s))
-            backlog, dead, by_key, audit_len, *per_second = await pipe.execute()
+            backlog, dead, by_key, audit_len, feedback, counts, *per_second = await pipe.execute()
         pending, consumers, oldest_ms = 0, [], None
         try:
             summary = await self.client.xpending(self.keys.posts, self.group)
@@ -167,6 +216,8 @@ class DecisionReader:
                 "decisions": done,
                 "per_s": round(done / window_s, 2),
             },
+            # human review: queue counters, measured precision per rule / category / language
+            "review": review_summary(feedback, counts),
         }
 
 

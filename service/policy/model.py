@@ -234,17 +234,17 @@ class Policy(_Strict):
         r, errors = self.review, []
         for name in r.severity:
             if name not in self.categories:
-                errors.append((("review", "severity", name), f"review.severity: unknown category "
+                errors.append((("review", "severity", name), f"unknown category "
                                f"{name!r}{suggest(name, self.categories)}"))  # fmt: skip
         for who, pool in r.reviewers.items():
             if pool not in r.pools:
-                errors.append((("review", "reviewers", who), f"review.reviewers.{who}: unknown pool "
+                errors.append((("review", "reviewers", who), f"unknown pool "
                                f"{pool!r}{suggest(pool, r.pools)}"))  # fmt: skip
         for name, spec in r.queues.items():
             level = spec.severity or r.default_severity
             if level == "severe" and spec.overflow in ("allow", "label"):
                 errors.append((("review", "queues", name, "overflow"),
-                               f"review.queues.{name}: a severe queue never falls back to "
+                               f"a severe queue never falls back to "
                                f"{spec.overflow!r} (limit_reach or remove)"))  # fmt: skip
         for i, rule in enumerate(self.rules):
             if rule.action != "review":
