@@ -17,6 +17,7 @@ from service.api.state import AppState, get_state
 from service.auth import Principal
 from service.policy.parse import load_bundle
 from service.queue import FULL, QUEUED
+from service.review.store import ReviewStore
 from service.schemas import (
     POST_ID,
     Accepted,
@@ -123,8 +124,8 @@ async def get_decision(
 ) -> Any:  # fmt: skip
     """The decision (200), still queued (202), dead-lettered (200, status failed), unknown (404)."""
     status, value = await st.reader.lookup(post_id)
-    if status == "decided":
-        return JSONResponse(value)
+    if status == "decided":  # with the human verdict on top, once a reviewer gave one
+        return JSONResponse(await ReviewStore(st.client, st.keys.prefix).with_review(value))
     if status == "failed":
         return Failed(post_id=post_id, error=value)
     if status == "pending":
