@@ -12,7 +12,7 @@ from service.api.docs import install_docs
 from service.api.errors import BodyGuard, install_handlers
 from service.api.metrics import Metrics
 from service.api.publishing import publish_at_start, watch_policy
-from service.api.routes import decisions, operations, policy, posts, review
+from service.api.routes import decisions, moderations, operations, policy, posts, review
 from service.api.security import Denied, denied_response, warn_if_open
 from service.api.state import AppState
 from service.config import Settings, get_settings
@@ -60,6 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.install(app)
     # outermost: every response and log line of a request carries its request id
     app.add_middleware(RequestContextMiddleware)
-    for module in (posts, decisions, policy, operations, review):
+    for module in (posts, decisions, policy, operations, review, moderations):
         app.include_router(module.router)
     return app

@@ -3,7 +3,6 @@ synchronous path."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -14,8 +13,8 @@ from pydantic import ValidationError
 from service.api.errors import BACKLOG_FULL, error_response, not_found, one_error, validation_errors
 from service.api.security import author_checks, caller, rate_limited
 from service.api.state import AppState, get_state
+from service.api.sync import decide_now
 from service.auth import Principal
-from service.policy.parse import load_bundle
 from service.queue import FULL, QUEUED
 from service.review.store import ReviewStore
 from service.schemas import (
@@ -148,18 +147,5 @@ async def moderate(
 
 
 async def _moderate(post: PostIn, st: AppState) -> Decision:
-    from service.pipeline import Job, Moderator  # torch loads on the first sync call only
-
-    async with st.moderator_lock:
-        if st.moderator is None:
-            st.moderator = await asyncio.to_thread(Moderator.from_settings, st.settings)
-        # decide with the live version, like the workers
-        live = (await asyncio.to_thread(st.registry.current))["live"]
-        if live and live != st.moderator.policy.version:
-            bundle = await asyncio.to_thread(st.registry.bundle, live)
-            if bundle:
-                lp = await asyncio.to_thread(load_bundle, bundle)
-                await asyncio.to_thread(st.moderator.use_policy, lp)
-    job = Job(post.post_id or new_id(), post)
-    [decision] = await asyncio.to_thread(st.moderator.decide, [job])
+    [decision] = await decide_now(st, [(post.post_id or new_id(), post)])
     return decision
