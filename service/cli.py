@@ -631,9 +631,9 @@ def review_report(
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return
     console = Console()
-    for kind in ("rules", "categories"):
-        table = Table(kind[:-1] if kind == "rules" else "category", "language", "judged",
-                      "confirmed", "precision", "overturn rate", title=f"Verdicts per {kind[:-1]}")  # fmt: skip
+    for kind, one in (("rules", "rule"), ("categories", "category")):
+        table = Table(one, "language", "judged", "confirmed", "precision", "overturn rate",
+                      title=f"Verdicts per {one}")  # fmt: skip
         for r in report[kind]:
             table.add_row(r["name"], r["language"], str(r["judged"]), str(r["confirmed"]),
                           f"{r['precision']:.1%}", f"{r['overturn_rate']:.1%}")  # fmt: skip

@@ -69,7 +69,11 @@ async def queues(st: AppState = Depends(get_state), who: Principal = REVIEW) -> 
         return _not_a_reviewer(who)
     s = store(st)
     names = await s.queue_names()
-    langs = languages if languages is not None else {rules.split_queue(q)[0] for q in names}
+    if languages is not None:
+        langs: set[str] | frozenset[str] = languages
+    else:  # admin: every language with a queue or a pool
+        pooled = {lang for p in (review.pools.values() if review else ()) for lang in p.languages}
+        langs = {rules.split_queue(q)[0] for q in names} | pooled
     names |= set(rules.declared_queues(review, langs))
     names = {q for q in names if rules.visible(q, languages)}
     figures = await s.queue_figures(names)
