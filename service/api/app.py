@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.api.docs import install_docs
 from service.api.errors import BodyGuard, install_handlers
 from service.api.metrics import Metrics
+from service.api.openapi import document_errors
 from service.api.publishing import publish_at_start, watch_policy
 from service.api.routes import decisions, moderations, operations, policy, posts, review
 from service.api.security import Denied, denied_response, warn_if_open
@@ -62,4 +63,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     for module in (posts, decisions, policy, operations, review, moderations):
         app.include_router(module.router)
+    document_errors(app)
     return app

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from service.api.security import bearer, caller
 from service.api.state import AppState, get_state
@@ -15,6 +16,12 @@ from service.heartbeat import read_live
 from service.redisdb import UNAVAILABLE
 
 router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    redis: str
+    workers: int | None
 
 
 async def _workers(st: AppState) -> list[dict]:
@@ -32,7 +39,8 @@ async def stats(st: AppState = Depends(get_state)) -> dict:
     return out
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health,
+            responses={503: {"model": Health, "description": "degraded: Redis away or no live worker"}})
 async def healthz(st: AppState = Depends(get_state)) -> Any:
     """ok (200) when Redis answers and at least one worker is alive; else degraded (503):
     posts would be accepted but nobody would decide them."""
@@ -53,7 +61,7 @@ async def livez() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus(request: Request, st: AppState = Depends(get_state)) -> Response:
     """Prometheus metrics; open unless FLOODGATE_METRICS_PUBLIC=false (then the read role)."""
     if not st.settings.metrics_public:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
 from service.api.errors import error_response, not_found
+from service.api.openapi import error_response as documented
 from service.api.publishing import publish, publish_file
 from service.api.security import caller
 from service.api.state import AppState, get_state
@@ -24,6 +25,10 @@ from service.schemas import PolicySourceIn
 
 router = APIRouter(tags=["policy"])
 READ, ADMIN = Depends(caller("read")), Depends(caller("admin"))
+# what a named or uploaded policy can be refused with (policy.library.PolicyRefused)
+REFUSED = {403: documented("the name leads out of the policy directory (a link, a device)"),
+           404: documented("no such policy file in the policy directory"),
+           413: documented("the policy is over the size limit")}  # fmt: skip
 
 
 def _policy_errors(exc: PolicyError) -> JSONResponse:
@@ -75,7 +80,7 @@ async def live_policy(st: AppState = Depends(get_state), _: Principal = READ) ->
     }
 
 
-@router.post("/v1/policy/reload")
+@router.post("/v1/policy/reload", responses=REFUSED)
 async def reload_policy(
     body: PolicySourceIn | None = None, st: AppState = Depends(get_state),
     actor: Principal = ADMIN,
@@ -95,7 +100,8 @@ async def policy_history(
     return await asyncio.to_thread(st.registry.history, limit)
 
 
-@router.get("/v1/policy/versions/{version}")
+@router.get("/v1/policy/versions/{version}",
+            responses={404: documented("no policy version of that name")})
 async def policy_version(
     version: str = Path(pattern=r"^[A-Za-z0-9]{1,64}$"), st: AppState = Depends(get_state),
     _: Principal = ADMIN,
@@ -107,7 +113,7 @@ async def policy_version(
     return bundle
 
 
-@router.post("/v1/policy/shadow")
+@router.post("/v1/policy/shadow", responses=REFUSED)
 async def start_shadow(
     body: PolicySourceIn, st: AppState = Depends(get_state), actor: Principal = ADMIN
 ) -> Any:
@@ -122,7 +128,8 @@ async def stop_shadow(st: AppState = Depends(get_state), actor: Principal = ADMI
     return {"stopped": await asyncio.to_thread(st.registry.clear, "shadow", actor.name)}
 
 
-@router.get("/v1/policy/shadow/report")
+@router.get("/v1/policy/shadow/report",
+            responses={404: documented("no shadow policy is running")})
 async def shadow_report(
     examples: int = Query(20, ge=0, le=200), st: AppState = Depends(get_state),
     _: Principal = ADMIN,

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 
 from service.api.errors import not_found, one_error
+from service.api.openapi import error_response as documented
 from service.api.security import caller
 from service.api.state import AppState, get_state
 from service.auth import Principal
@@ -104,7 +105,9 @@ async def claim(body: ClaimIn, st: AppState = Depends(get_state), who: Principal
     return {"reviewer": who.name, "lease_s": lease_s, "items": [i for i in items if i]}
 
 
-@router.post("/v1/review/items/{post_id}/resolve")
+@router.post("/v1/review/items/{post_id}/resolve", responses={
+    404: documented("no review item for this post"),
+    409: documented("not leased by you, or an appeal of your own verdict")})
 async def resolve(
     body: ResolveIn, post_id: str = Path(pattern=POST_ID), st: AppState = Depends(get_state),
     who: Principal = REVIEW,
@@ -142,7 +145,9 @@ async def resolve(
     return {"post_id": post_id, "verdict": verdict, "final_action": body.action}
 
 
-@router.post("/v1/posts/{post_id}/appeal", status_code=202)
+@router.post("/v1/posts/{post_id}/appeal", status_code=202, responses={
+    404: documented("unknown post id"),
+    409: documented("nothing to appeal, still waiting for review, or appealed already")})
 async def appeal(
     body: AppealIn, post_id: str = Path(pattern=POST_ID), st: AppState = Depends(get_state),
     _: Principal = SUBMIT,
