@@ -185,6 +185,13 @@ def fit_platt(logit: np.ndarray, y: np.ndarray, iters: int = 300) -> tuple[float
     y = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     a, b = 1.0, 0.0
     ridge = 1.0  # a weak prior towards the identity (a=1, b=0): keeps near-separable cells sane
+
+    def objective(a: float, b: float) -> float:
+        z = np.clip(a * logit + b, -60, 60)
+        # log loss with the smoothed targets, written stably: log(1 + e^z) - y z
+        return float(np.sum(np.logaddexp(0, z) - y * z) + ridge / 2 * ((a - 1) ** 2 + b**2))
+
+    current = objective(a, b)
     for _ in range(iters):
         p = 1 / (1 + np.exp(-np.clip(a * logit + b, -60, 60)))
         g = np.array([np.sum((p - y) * logit) + ridge * (a - 1), np.sum(p - y) + ridge * b])
@@ -192,7 +199,17 @@ def fit_platt(logit: np.ndarray, y: np.ndarray, iters: int = 300) -> tuple[float
         h = np.array([[np.sum(wgt * logit * logit) + ridge, np.sum(wgt * logit)],
                       [np.sum(wgt * logit), np.sum(wgt) + ridge]])  # fmt: skip
         step = np.linalg.solve(h, g)
-        a, b = a - step[0], b - step[1]
+        # damped: halve the Newton step until the objective does not rise. With saturated
+        # logits (|logit| of 20 and more) the Hessian is nearly flat and a full step flies
+        # off (a slope of 10,000 was seen), turning every score into 0 or 1
+        for _ in range(50):
+            trial = objective(a - step[0], b - step[1])
+            if trial <= current:
+                break
+            step = step / 2
+        else:
+            break
+        a, b, current = a - step[0], b - step[1], trial
         if np.abs(step).max() < 1e-7:
             break
     return float(a), float(b)
