@@ -81,8 +81,10 @@ class Settings(BaseSettings):
     # backpressure: over this many accepted-and-undecided posts, submissions are refused
     # with 429 + Retry-After (nothing already accepted is affected); 0 = unbounded
     max_backlog: int = Field(default=200_000, ge=0)
-    # synchronous /v1/moderate calls in flight at once per API process; more get 429
-    max_sync_inflight: int = Field(default=8, ge=1, le=1024)
+    # synchronous calls (/v1/moderate, /v1/moderations) in flight at once per API process
+    # (more get 429), and how long one waits for the workers before 504
+    max_sync_inflight: int = Field(default=64, ge=1, le=1024)
+    sync_deadline_s: float = Field(default=10.0, gt=0, le=300)
 
     # supervision: workers publish a heartbeat this often; one silent for heartbeat_ttl_s
     # is presumed dead (/healthz degraded when none is alive)

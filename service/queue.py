@@ -6,7 +6,11 @@ Keys (``fg`` is the configurable prefix):
                         their decision is stored, so its length is the backlog)
 * ``fg:post:<id>``      idempotency key: the post was accepted (value: its stream entry id)
 * ``fg:dead``           dead-letter stream: entries that could not be decided, with the error
-* ``fg:failures``       hash entry id -> processing failures so far
+* ``fg:posts:sync``     the priority stream: posts of synchronous calls (/v1/moderate,
+                        /v1/moderations), read before ``fg:posts`` by the same workers
+* ``fg:reply:<id>``     list a worker pushes to once a synchronous post's decision is stored
+* ``fg:failures``       hash entry id -> processing failures so far (``:sync`` for the
+                        priority stream: entry ids are per stream)
 * ``fg:workers``        hash worker name -> its last heartbeat (JSON; see heartbeat.py)
 
 Accepting a post is one Lua script (check the idempotency key, XADD, set the key), so a
@@ -61,6 +65,16 @@ class Keys:
     @property
     def failures(self) -> str:
         return f"{self.prefix}:failures"
+
+    @property
+    def sync_posts(self) -> str:
+        return f"{self.prefix}:posts:sync"
+
+    def failures_of(self, stream: str) -> str:
+        return self.failures if stream == self.posts else f"{self.failures}:sync"
+
+    def reply(self, post_id: str) -> str:
+        return f"{self.prefix}:reply:{post_id}"
 
     @property
     def workers(self) -> str:
@@ -136,6 +150,7 @@ class Entry:
     entry_id: str
     fields: dict[str, str]
     deliveries: int = 1
+    stream: str = ""  # the stream it was read from (Keys.posts or Keys.sync_posts)
 
     @property
     def post_id(self) -> str:
@@ -168,9 +183,12 @@ class AsyncProducer:
         self.max_backlog = max_backlog
         self._enqueue = client.register_script(ENQUEUE_LUA)
 
-    async def enqueue_many(self, posts: Sequence[tuple[str, dict]]) -> list[str]:
+    async def enqueue_many(
+        self, posts: Sequence[tuple[str, dict]], priority: bool = False
+    ) -> list[str]:
         """Queue (post_id, post) pairs; per post QUEUED, DUPLICATE or FULL (refused: the
-        backlog is at ``max_backlog``; nothing was written for it).
+        backlog is at ``max_backlog``; nothing was written for it). ``priority`` puts them
+        on the stream workers read first (synchronous callers wait for these).
 
         Returns only once Redis has replied, i.e. the entries are in the stream (and, with
         the embedded server's ``appendfsync always``, on disk).
@@ -181,7 +199,8 @@ class AsyncProducer:
         async with self.client.pipeline(transaction=False) as pipe:
             for post_id, post in posts:
                 await self._enqueue(
-                    keys=[self.keys.accepted(post_id), self.keys.posts],
+                    keys=[self.keys.accepted(post_id),
+                          self.keys.sync_posts if priority else self.keys.posts],
                     args=[self.retention_s, post_id, json.dumps(post, ensure_ascii=False), now_ms,
                           self.max_backlog],
                     client=pipe,
@@ -200,22 +219,31 @@ class Consumer:
         self.name = name
         self._dead_letter = client.register_script(DEAD_LETTER_LUA)
 
-    def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.keys.posts, self.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    @property
+    def streams(self) -> tuple[str, str]:
+        """Both streams, in the order they are served: synchronous callers first."""
+        return (self.keys.sync_posts, self.keys.posts)
 
-    def read(self, count: int, block_ms: int) -> list[Entry]:
-        reply = self.client.xreadgroup(
-            self.group, self.name, {self.keys.posts: ">"}, count=count, block=block_ms
-        )
-        return [Entry(eid, fields) for _, entries in reply or [] for eid, fields in entries]
+    def ensure_group(self) -> None:
+        for stream in self.streams:
+            try:
+                self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def read(self, count: int, block_ms: int | None, streams: Sequence[str] = ()) -> list[Entry]:
+        """New entries (``block_ms`` None: do not wait); COUNT applies per stream."""
+        reply = self.client.xreadgroup(self.group, self.name, {s: ">" for s in streams or self.streams},
+                                       count=count, block=block_ms)  # fmt: skip
+        return [Entry(eid, fields, stream=s) for s, entries in reply or [] for eid, fields in entries]
 
     def read_batch(self, size: int, max_wait_ms: int, first_block_ms: int = 1000) -> list[Entry]:
-        """Block for the first entries, then top the batch up for at most ``max_wait_ms``."""
-        batch = self.read(size, first_block_ms)
+        """Synchronous posts first (without waiting), else block for the first entries of
+        either stream; then top the batch up for at most ``max_wait_ms``."""
+        batch = self.read(size, None, [self.keys.sync_posts])
+        if not batch:
+            batch = self.read(size, first_block_ms)
         if not batch:
             return batch
         deadline = time.monotonic() + max_wait_ms / 1000
@@ -231,40 +259,55 @@ class Consumer:
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries another (dead or stuck) consumer left pending too long."""
-        reply = self.client.xautoclaim(
-            self.keys.posts, self.group, self.name, min_idle_ms, start_id="0-0", count=count
-        )
-        claimed = [(eid, fields) for eid, fields in reply[1] if fields is not None]
-        if not claimed:
-            return []
-        with self.client.pipeline(transaction=False) as pipe:
-            for eid, _ in claimed:
-                pipe.xpending_range(self.keys.posts, self.group, min=eid, max=eid, count=1)
-            pending = pipe.execute()
-        out = []
-        for (eid, fields), info in zip(claimed, pending, strict=True):
-            deliveries = info[0]["times_delivered"] if info else 1
-            out.append(Entry(eid, fields, deliveries))
+        out: list[Entry] = []
+        for stream in self.streams:
+            reply = self.client.xautoclaim(
+                stream, self.group, self.name, min_idle_ms, start_id="0-0", count=count
+            )
+            claimed = [(eid, fields) for eid, fields in reply[1] if fields is not None]
+            if not claimed:
+                continue
+            with self.client.pipeline(transaction=False) as pipe:
+                for eid, _ in claimed:
+                    pipe.xpending_range(stream, self.group, min=eid, max=eid, count=1)
+                pending = pipe.execute()
+            for (eid, fields), info in zip(claimed, pending, strict=True):
+                deliveries = info[0]["times_delivered"] if info else 1
+                out.append(Entry(eid, fields, deliveries, stream=stream))
         return out
 
     def consumers(self) -> list[dict]:
-        """The group's consumers: name, pending, idle (ms)."""
-        return self.client.xinfo_consumers(self.keys.posts, self.group)
+        """The group's consumers over both streams: name, pending (summed), idle (least)."""
+        merged: dict[str, dict] = {}
+        for stream in self.streams:
+            for c in self.client.xinfo_consumers(stream, self.group):
+                m = merged.setdefault(c["name"], {"name": c["name"], "pending": 0, "idle": c["idle"]})
+                m["pending"] += int(c["pending"])
+                m["idle"] = min(int(m["idle"]), int(c["idle"]))
+        return list(merged.values())
 
     def remove(self, consumer: str) -> None:
-        """XGROUP DELCONSUMER; callers check that it holds nothing pending."""
-        self.client.xgroup_delconsumer(self.keys.posts, self.group, consumer)
+        """XGROUP DELCONSUMER on both streams; callers check that it holds nothing pending."""
+        for stream in self.streams:
+            self.client.xgroup_delconsumer(stream, self.group, consumer)
 
     def record_failure(self, entry: Entry) -> int:
-        return int(self.client.hincrby(self.keys.failures, entry.entry_id, 1))
+        return int(self.client.hincrby(self.keys.failures_of(entry.stream), entry.entry_id, 1))
 
     def failures(self, entry: Entry) -> int:
-        return int(self.client.hget(self.keys.failures, entry.entry_id) or 0)
+        return int(self.client.hget(self.keys.failures_of(entry.stream), entry.entry_id) or 0)
+
+    def failures_of(self, entries: Sequence[Entry]) -> list[int]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for e in entries:
+                pipe.hget(self.keys.failures_of(e.stream), e.entry_id)
+            return [int(v or 0) for v in pipe.execute()]
 
     def dead_letter(self, entry: Entry, error: str, retention_s: int) -> None:
         post_id = entry.post_id
         self._dead_letter(
-            keys=[self.keys.posts, self.keys.dead, self.keys.failures,
+            keys=[entry.stream or self.keys.posts, self.keys.dead,
+                  self.keys.failures_of(entry.stream or self.keys.posts),
                   self.keys.failed(post_id) if post_id else self.keys.failed("-")],
             args=[self.group, entry.entry_id, post_id, json.dumps(entry.fields, ensure_ascii=False),
                   error[:2000], retention_s, int(time.time() * 1000)],

@@ -26,7 +26,8 @@ _NO_REVIEW = ReviewEntry(item_json="")
 
 COMMIT_LUA = """
 -- KEYS: stream, audit, stats, tput, failures, then one decision key per post
--- ARGV: group, ttl, audit_maxlen, key prefix, then per post (10): entry_id, post_id,
+-- ARGV: group, ttl, audit_maxlen, key prefix, notify ('1': push to each post's reply list,
+--   for the synchronous callers waiting on it), then per post (10): entry_id, post_id,
 --   decision_json, stat_field, and for human review (service/review): item_json (''
 --   when the post has no review item), queue ('' when it is not for review), queue score,
 --   admission limit, fallback decision_json, fallback stat_field
@@ -41,7 +42,7 @@ local prefix = ARGV[4]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, n do
-  local base = 4 + (i - 1) * 10
+  local base = 5 + (i - 1) * 10
   local entry, post_id, doc, stat = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
   local item, queue = ARGV[base + 5], ARGV[base + 6]
   redis.call('HDEL', KEYS[5], entry)
@@ -79,6 +80,11 @@ for i = 1, n do
   end
   redis.call('XACK', KEYS[1], ARGV[1], entry)
   redis.call('XDEL', KEYS[1], entry)
+  if ARGV[5] == '1' then
+    local reply = prefix .. ':reply:' .. post_id
+    redis.call('RPUSH', reply, '1')
+    redis.call('EXPIRE', reply, 60)
+  end
 end
 if written > 0 then
   redis.call('INCRBY', KEYS[4], written)
@@ -110,13 +116,17 @@ class DecisionWriter:
         self.audit_maxlen = audit_maxlen
         self._commit = client.register_script(COMMIT_LUA)
 
-    def commit(self, items: list[Committed]) -> list[bool]:
-        """Store the decisions (new ones only) and ack their entries; True where new."""
+    def commit(self, items: list[Committed], stream: str | None = None) -> list[bool]:
+        """Store the decisions (new ones only) and ack their entries (all read from
+        ``stream``, default the posts stream); True where new. Entries of the priority
+        stream also signal the synchronous callers waiting for them."""
         if not items:
             return []
-        keys = [self.keys.posts, self.keys.audit, self.keys.stats,
-                self.keys.throughput(int(time.time())), self.keys.failures]  # fmt: skip
-        args: list = [self.group, self.ttl_s, self.audit_maxlen, self.keys.prefix]
+        stream = stream or self.keys.posts
+        keys = [stream, self.keys.audit, self.keys.stats,
+                self.keys.throughput(int(time.time())), self.keys.failures_of(stream)]  # fmt: skip
+        notify = "1" if stream == self.keys.sync_posts else "0"
+        args: list = [self.group, self.ttl_s, self.audit_maxlen, self.keys.prefix, notify]
         for it in items:
             keys.append(self.keys.decision(it.post_id))
             args += [it.entry_id, it.post_id, it.decision_json, f"{it.language}|{it.action}"]
@@ -174,9 +184,11 @@ class DecisionReader:
             pipe.xlen(self.keys.audit)
             pipe.hgetall(self.review_keys.feedback)
             pipe.hgetall(self.review_keys.counts)
+            pipe.xlen(self.keys.sync_posts)
             for s in range(now - window_s, now):
                 pipe.get(self.keys.throughput(s))
-            backlog, dead, by_key, audit_len, feedback, counts, *per_second = await pipe.execute()
+            (backlog, dead, by_key, audit_len, feedback, counts, priority,
+             *per_second) = await pipe.execute()  # fmt: skip
         pending, consumers, oldest_ms = 0, [], None
         try:
             summary = await self.client.xpending(self.keys.posts, self.group)
@@ -197,6 +209,8 @@ class DecisionReader:
         return {
             "stream": {
                 "length": backlog,
+                # synchronous callers' posts waiting on the priority stream
+                "priority_length": priority,
                 "pending": pending,
                 "waiting": max(backlog - pending, 0),
                 # age of the oldest post not yet decided: how far behind the workers are

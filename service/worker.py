@@ -158,7 +158,7 @@ class Worker:
             except UNAVAILABLE as exc:
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
                 time.sleep(1)
-        log.info("worker %s: reading %s", self.name, self.consumer.keys.posts)
+        log.info("worker %s: reading %s", self.name, ", ".join(self.consumer.streams))
         while not self.stopping and not (until and until()):
             try:
                 self.step()
@@ -249,8 +249,8 @@ class Worker:
         first, so the innocent ones of a crashed batch are stored before the culprit runs."""
         if not suspects:
             return []
-        failures = self.client.hmget(self.consumer.keys.failures, [e.entry_id for e in suspects])
-        order = sorted(range(len(suspects)), key=lambda i: int(failures[i] or 0))
+        failures = self.consumer.failures_of(suspects)
+        order = sorted(range(len(suspects)), key=lambda i: failures[i])
         return [suspects[i] for i in order]
 
     def _decide_group(self, entries: list[Entry], alone: bool = False) -> int:
@@ -357,7 +357,14 @@ class Worker:
             )
             for (e, d), p in zip(pairs, planned, strict=True)
         ]
-        flags = self.writer.commit(items)
+        # one commit per stream the entries came from (synchronous callers' stream first)
+        flags = [False] * len(items)
+        for stream in self.consumer.streams:
+            idx = [i for i, (e, _) in enumerate(pairs) if (e.stream or self.consumer.keys.posts) == stream]
+            if idx:
+                done = self.writer.commit([items[i] for i in idx], stream=stream)
+                for i, new in zip(idx, done, strict=True):
+                    flags[i] = new
         # shadow comparisons count each post once, like the decisions themselves
         shadowed = [
             (d.shadow.policy.version, {

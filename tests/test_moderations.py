@@ -16,9 +16,9 @@ from service.redisdb import connect
 
 
 @pytest.fixture
-def client(api, settings):
+def client(service, settings):
     key = KeyStore(connect(settings.redis_url), Keys(settings.key_prefix)).create("gateway", ["submit"])
-    with openai.OpenAI(base_url=f"{api.url}/v1", api_key=key.token, max_retries=0) as c:
+    with openai.OpenAI(base_url=f"{service.url}/v1", api_key=key.token, max_retries=0) as c:
         yield c
 
 
@@ -41,13 +41,13 @@ def test_the_openai_client_round_trips_a_batch(client, settings):
     assert food.model_extra["floodgate"]["language"]["code"] == "zh"
 
 
-def test_a_single_string_and_the_errors(client, api):
+def test_a_single_string_and_the_errors(client, service):
     one = client.moderations.create(input="hello from Texas")
     assert len(one.results) == 1 and not one.results[0].flagged
     with pytest.raises(openai.UnprocessableEntityError):
         client.moderations.create(input="   ")
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{api.url}/v1", api_key="fg_wrong", max_retries=0).moderations.create(input="hi")
-    r = httpx.post(f"{api.url}/v1/moderations", json={"input": ["ok", ""]},
+        openai.OpenAI(base_url=f"{service.url}/v1", api_key="fg_wrong", max_retries=0).moderations.create(input="hi")
+    r = httpx.post(f"{service.url}/v1/moderations", json={"input": ["ok", ""]},
                    headers={"Authorization": f"Bearer {client.api_key}"})  # fmt: skip
     assert r.status_code == 422 and r.json()["detail"][0]["field"].startswith("input")

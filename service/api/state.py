@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aredis
@@ -16,7 +15,7 @@ from service.config import Settings
 from service.policy.library import PolicyDirectory
 from service.queue import AsyncProducer, Keys
 from service.ratelimit import AsyncRateLimiter
-from service.redisdb import clients_for
+from service.redisdb import clients_for, connect_async
 from service.store import DecisionReader, PolicyRegistry, ShadowStats
 
 
@@ -35,10 +34,9 @@ class AppState:
     sync_slots: asyncio.Semaphore
     key_store: AsyncKeyStore
     limiter: AsyncRateLimiter
+    waiter: aredis.Redis  # its own pool: synchronous calls wait (BLPOP) on it
     open_mode: bool = False  # see api.security: loopback, no active key
     open_checked: float = float("-inf")
-    moderator_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    moderator: Any = None  # pipeline.Moderator, loaded by the first synchronous call
 
     @classmethod
     def connect(cls, settings: Settings, metrics: Metrics) -> AppState:
@@ -54,9 +52,12 @@ class AppState:
             policy_dir=PolicyDirectory(settings.resolved_policy_dir),
             sync_slots=asyncio.Semaphore(settings.max_sync_inflight),
             key_store=AsyncKeyStore(client, keys), limiter=AsyncRateLimiter(client, keys),
+            waiter=connect_async(settings.redis_url or "", max_connections=settings.max_sync_inflight + 2,
+                                 pool_timeout_s=settings.redis_pool_timeout_s, socket_timeout_s=None),
         )  # fmt: skip
 
     async def close(self) -> None:
+        await self.waiter.aclose()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
         self.sync_client.close()

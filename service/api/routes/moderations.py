@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from service.api.errors import error_response, one_error, validation_errors
 from service.api.security import caller
 from service.api.state import AppState, get_state
-from service.api.sync import decide_now
+from service.api.sync import decide_or_answer
 from service.schemas import MAX_TEXT_CHARS, Decision, PostIn
 
 router = APIRouter(tags=["posts"])
@@ -92,7 +92,7 @@ def to_openai(decision: Decision) -> ModerationResult:
         category_scores={k: round(float(scores[k]), 6) for k in OPENAI_CATEGORIES},
         category_applied_input_types={k: ["text"] for k in OPENAI_CATEGORIES},
         floodgate={
-            "action": decision.action, "market": decision.market,
+            "post_id": decision.post_id, "action": decision.action, "market": decision.market,
             "language": decision.language.model_dump(), "labels": decision.labels,
             "rules": [r.rule for r in decision.reasons], "review_queue": decision.review_queue,
             "scores": decision.scores, "policy": decision.policy.model_dump(),
@@ -104,7 +104,8 @@ def to_openai(decision: Decision) -> ModerationResult:
 @router.post("/v1/moderations", response_model=ModerationsOut,
              dependencies=[Depends(caller("submit"))])  # fmt: skip
 async def moderations(body: ModerationsIn, st: AppState = Depends(get_state)) -> Any:
-    """Classify one text or a list (OpenAI-compatible); decided now, not queued or stored."""
+    """Classify one text or a list (OpenAI-compatible), decided by the workers now (priority
+    stream); each is stored under its result's `floodgate.post_id`."""
     texts = body.texts()
     if len(texts) > MAX_INPUTS:
         return one_error(422, "validation_error", "input",
@@ -117,7 +118,9 @@ async def moderations(body: ModerationsIn, st: AppState = Depends(get_state)) ->
         except ValidationError as exc:
             field = "input" if isinstance(body.input, str) else f"input.{i}"
             return error_response(422, "validation_error", validation_errors(exc, root=field))
-    decisions = await decide_now(st, posts)
+    decisions = await decide_or_answer(st, posts)
+    if not isinstance(decisions, list):
+        return decisions
     model = f"floodgate-{decisions[0].model.version}" if decisions else "floodgate"
     return ModerationsOut(id=f"modr-{request}", model=model,
                           results=[to_openai(d) for d in decisions])  # fmt: skip

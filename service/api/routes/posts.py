@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.api.errors import BACKLOG_FULL, error_response, not_found, one_error, validation_errors
+from service.api.errors import BACKLOG_FULL, error_response, not_found, validation_errors
 from service.api.security import author_checks, caller, rate_limited
 from service.api.state import AppState, get_state
-from service.api.sync import decide_now
+from service.api.sync import decide_or_answer
 from service.auth import Principal
 from service.queue import FULL, QUEUED
 from service.review.store import ReviewStore
@@ -136,16 +136,8 @@ async def get_decision(
 async def moderate(
     post: PostIn, st: AppState = Depends(get_state), _: Principal = SUBMIT
 ) -> Any:
-    """Decide one post synchronously (for tuning and small callers; not queued, not stored)."""
-    if st.sync_slots.locked():  # bounded: a flood of sync calls must not starve the API
-        return one_error(429, "too_many_requests", "request",
-                         f"{st.settings.max_sync_inflight} synchronous calls are in flight; "
-                         "retry after Retry-After seconds", "sync_inflight",
-                         {"Retry-After": "1"})  # fmt: skip
-    async with st.sync_slots:
-        return await _moderate(post, st)
-
-
-async def _moderate(post: PostIn, st: AppState) -> Decision:
-    [decision] = await decide_now(st, [(post.post_id or new_id(), post)])
-    return decision
+    """Decide one post now: it rides the workers' batches on the priority stream, is stored
+    like any other (same decision as queued, retrievable by id) and answered when decided;
+    504 past FLOODGATE_SYNC_DEADLINE_S (the post stays queued and will be decided)."""
+    out = await decide_or_answer(st, [(post.post_id or new_id(), post)])
+    return out[0] if isinstance(out, list) else out
