@@ -1,7 +1,7 @@
 """Language identification for posts (pure logic: no Redis, no HTTP).
 
-The default detector, "floodgate", combines Unicode-script rules with the
-lingua library restricted to sensible candidates per script:
+The default detector, "floodgate", settles what it can by Unicode script and
+asks the statistical detectors only about the rest, the cheap ones first:
 
 * Han characters -> ``zh``; ``Hans``/``Hant`` is decided by counting characters
   that exist only in Traditional vs only in Simplified Chinese (OpenCC's
@@ -9,10 +9,15 @@ lingua library restricted to sensible candidates per script:
   reported as ``Hans``, the default for ``zh``, unless the client's hint says
   ``zh-TW``/``zh-HK``/``zh-Hant``.
 * Kana (at least 15 % of the CJK characters) -> ``ja``; Hangul -> ``ko``;
-  Thai, Greek, Hebrew, ... decide alone; Cyrillic, Arabic and Devanagari
-  narrow lingua to the languages written in that script.
-* Latin text -> lingua (high accuracy mode) restricted to ``LATIN_CANDIDATES``,
-  answered only above a length-dependent confidence threshold.
+  Thai, Greek, Hebrew, ... decide alone.
+* Latin text (and Cyrillic, Arabic, Devanagari, among the languages written in
+  them): fastText-lite and cld2 first; when fastText is more than half sure
+  and cld2 agrees, that is the answer. Otherwise lingua compares only the
+  languages fastText finds plausible. Either way the detector's probabilities
+  are multiplied by a prior over languages for the post's market
+  (``MARKET_PRIORS``, ``DEFAULT_PRIOR``, ``configure_priors``) and by
+  ``HINT_WEIGHT`` for the client's hinted language, so the prior and the hint
+  break ties without overruling clear evidence.
 * URLs, e-mail addresses, @mentions and emoji are ignored; hashtags keep their
   words but a post made only of hashtags needs a higher confidence. Posts with
   no letters left, or too few Latin letters ("hi", "ok"), are ``und``.
