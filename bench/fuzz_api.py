@@ -2,14 +2,13 @@
 
     python bench/fuzz_api.py --examples 25
 
-Starts the real app (uvicorn, 127.0.0.1, a free port) against Redis on 127.0.0.1:6379 (or
-``--redis-url``) under a private key prefix with one admin key, so the API is closed (not in
-open mode). For every operation of /openapi.json, for valid (positive) and invalid
+Starts the real app (uvicorn, 127.0.0.1, a free port) and a worker against Redis on
+127.0.0.1:6379 (or ``--redis-url``) under a private key prefix with one admin key, so the
+API is closed (not in open mode). For every operation of /openapi.json, for valid (positive) and invalid
 (negative) requests, once without a key and once with the admin key, schemathesis draws up
 to ``--examples`` requests (Hypothesis, fixed seed) and each answer is judged by its checks:
 
-  server errors        not_a_server_error: no 5xx (GET /healthz's documented 503
-                       "degraded" is counted apart: no worker runs here)
+  server errors        not_a_server_error: no 5xx
   schema violations    response_schema_conformance: the body matches the documented schema
   undocumented status  status_code_conformance: the status is documented for the operation
   content type         content_type_conformance: the documented media type
@@ -17,20 +16,24 @@ to ``--examples`` requests (Hypothesis, fixed seed) and each answer is judged by
 Prints the counts and one example per distinct failure; ``--json`` writes them to a file.
 Exit status 1 when any check failed. The private keys are deleted afterwards. The key's
 token bucket is raised for this run (the fuzz explores routes; bench/ratelimit_load.py
-drives the limiter). No worker runs: /healthz answers "degraded", and synchronous
-moderation calls wait ``sync_deadline_s`` (set to 1 s here) for one.
+drives the limiter). A real worker (`python -m service worker`, the built model) runs on
+the same prefix, so /healthz is ok and synchronous moderation calls are decided; with
+``--no-worker`` /healthz answers its documented "degraded" 503 (counted apart, not as a
+server error) and synchronous calls wait ``sync_deadline_s`` (1 s then) in vain.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import requests
@@ -91,6 +94,25 @@ class Server:
         self.thread.join(15)
 
 
+def start_worker(prefix: str, redis_url: str) -> subprocess.Popen:
+    """A real worker (`python -m service worker`) on the bench's prefix: synchronous calls
+    are decided and /healthz is ok, as in a deployment."""
+    env = {**os.environ, "REDIS_URL": redis_url, "FLOODGATE_KEY_PREFIX": prefix,
+           "FLOODGATE_POLICY_WATCH": "false", "FLOODGATE_TORCH_THREADS": "1",
+           "FLOODGATE_LOG_LEVEL": "WARNING"}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def wait_healthy(url: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if requests.get(url + "/healthz", timeout=5).status_code == 200:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("no worker became alive (is the model built? ./dev setup)")
+
+
 class Tally:
     def __init__(self) -> None:
         self.examples = 0
@@ -98,11 +120,13 @@ class Tally:
         self.healthz_degraded = 0
         self.failures: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
+        self.by_operation: defaultdict[str, Counter[int]] = defaultdict(Counter)
         self.samples: dict[tuple[str, str, str], str] = {}  # (check, operation, title) -> repro
 
     def judge(self, case, response, headers: dict[str, str]) -> None:
         self.examples += 1
         self.statuses[response.status_code] += 1
+        self.by_operation[case.operation.label][response.status_code] += 1
         # no worker runs in this bench: /healthz's "degraded" 503 is the documented answer
         degraded = (case.operation.label == "GET /healthz" and response.status_code == 503
                     and response.json().get("status") == "degraded")  # fmt: skip
@@ -161,19 +185,26 @@ def main() -> int:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json", type=Path, help="write the counts here")
+    ap.add_argument("--no-worker", action="store_true",
+                    help="no worker: /healthz is degraded and synchronous calls time out")
     args = ap.parse_args()
 
     prefix = f"fgfuzz-{uuid.uuid4().hex[:10]}"
-    # no worker runs here: a synchronous call waits for one only briefly (where configurable)
-    sync = {"sync_deadline_s": 1.0} if "sync_deadline_s" in Settings.model_fields else {}
+    # without a worker, a synchronous call waits for one only briefly (where configurable)
+    sync = {}
+    if args.no_worker and "sync_deadline_s" in Settings.model_fields:
+        sync = {"sync_deadline_s": 1.0}
     app_settings = Settings(redis_url=args.redis_url, key_prefix=prefix, policy_watch=False,
                             rate_key_per_s=1e6, rate_key_burst=1_000_000, **sync)  # fmt: skip
     client = connect(args.redis_url)
     started = time.monotonic()
+    worker = None if args.no_worker else start_worker(prefix, args.redis_url)
     try:
         token = KeyStore(client, Keys(prefix)).create("fuzz-admin", ["admin"]).token
         who = {"no key": {}, "admin key": {"Authorization": f"Bearer {token}"}}
         with Server(app_settings) as server:
+            if worker is not None:
+                wait_healthy(server.url)
             schema = st_openapi.from_url(server.url + "/openapi.json")
             tallies = {name: Tally() for name in who}
             operations = 0
@@ -181,6 +212,9 @@ def main() -> int:
                 operations = fuzz(schema, server.url, {name: headers}, args.examples,
                                   args.seed, tallies[name])  # fmt: skip
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(60)
         keys = list(client.scan_iter(f"{prefix}:*", count=1000))
         for i in range(0, len(keys), 500):
             client.delete(*keys[i : i + 500])
@@ -189,10 +223,13 @@ def main() -> int:
         "operations": operations,
         "examples_per_operation_mode_caller": args.examples,
         "seconds": round(time.monotonic() - started, 1),
+        "worker": not args.no_worker,
         "callers": {
             name: {"examples": t.examples, **{k: t.failures[k] for k in CHECKS},
                    "healthz_degraded_503": t.healthz_degraded,
-                   "statuses": dict(sorted(t.statuses.items()))}  # fmt: skip
+                   "statuses": dict(sorted(t.statuses.items())),
+                   "by_operation": {op: dict(sorted(c.items()))
+                                    for op, c in sorted(t.by_operation.items())}}  # fmt: skip
             for name, t in tallies.items()
         },
     }

@@ -365,11 +365,16 @@ def test_route_by_caller(closed_api, row, who):
 
 
 def test_authorization_is_checked_before_the_body(closed_api):
-    """A caller without the role learns nothing about the body's validity (401/403, never
-    422), and a refused moderation never reaches the model."""
-    for who, code in (("no key", 401), ("read", 403)):
-        r = closed_api.call("POST", "/v1/posts", who, content=b"{not json")
-        assert_error_shape(r, code)
+    """A caller who may not call a route learns nothing from its body (401/403, never the
+    422 of a body that is not JSON); the caller who may gets the 422."""
+    json_type = {"content-type": "application/json"}
+    for route in ("/v1/posts", "/v1/moderate", "/v1/policy/shadow"):
+        for body in (b"{not json", b"\x00", b""):
+            for who in ("no key", "invalid key", "review"):
+                r = closed_api.call("POST", route, who, content=body, headers=json_type)
+                assert_error_shape(r, 403 if who == "review" else 401)
+            r = closed_api.call("POST", route, "admin", content=body, headers=json_type)
+            assert_error_shape(r, 422, "validation_error")
 
 
 def test_other_authorization_schemes_are_not_keys(closed_api):

@@ -6,6 +6,7 @@ import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.docs import install_docs
@@ -14,7 +15,7 @@ from service.api.metrics import Metrics
 from service.api.openapi import document_errors
 from service.api.publishing import publish_at_start, watch_policy
 from service.api.routes import decisions, moderations, operations, policy, posts, review
-from service.api.security import Denied, denied_response, warn_if_open
+from service.api.security import Denied, access_before_body, denied_response, warn_if_open
 from service.api.state import AppState
 from service.config import Settings, get_settings
 from service.logs import RequestContextMiddleware
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"])  # fmt: skip
     install_handlers(app)
     app.add_exception_handler(Denied, denied_response)
+    app.add_exception_handler(RequestValidationError, access_before_body)
     metrics.install(app)
     # outermost: every response and log line of a request carries its request id
     app.add_middleware(RequestContextMiddleware)

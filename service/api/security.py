@@ -17,9 +17,11 @@ import logging
 import time
 
 from fastapi import Depends, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.errors import error_response, validation_errors
 from service.api.state import AppState, get_state
 from service.auth import OPEN_PRINCIPAL, Access, Principal, authorize, denial
 from service.logs import annotate
@@ -111,7 +113,33 @@ def caller(role: str | None):
                 raise rate_limited(result, "authorization")
         return principal
 
+    dependency.floodgate_role = role  # type: ignore[attr-defined]  # read by route_role
     return dependency
+
+
+def route_role(route) -> str | None:
+    """The role a matched route needs (None: open), from its `caller` dependency."""
+    stack = list(getattr(getattr(route, "dependant", None), "dependencies", ()))
+    while stack:
+        dep = stack.pop()
+        if hasattr(dep.call, "floodgate_role"):
+            return dep.call.floodgate_role
+        stack.extend(dep.dependencies)
+    return None
+
+
+async def access_before_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI parses a JSON body before any dependency runs, so a body that is not JSON
+    would be a 422 even for a caller without a key. Such a caller gets its 401/403 instead
+    (the key checked, and charged, exactly once: no dependency ran); others get the 422."""
+    if any(e.get("type") == "json_invalid" for e in exc.errors()):
+        role = route_role(request.scope.get("route"))
+        if role is not None:
+            try:
+                await caller(role)(credentials=await bearer(request), st=get_state(request))
+            except Denied as denied:
+                return await denied_response(request, denied)
+    return error_response(422, "validation_error", validation_errors(exc))
 
 
 async def author_checks(st: AppState, authors: list[str | None]) -> list[RateResult | None]:
