@@ -39,6 +39,8 @@ class WorkerState:
     decided: int = 0
     batch_size: int = 0  # posts in hand; 0 = idle
     batch_since_ms: int | None = None
+    model_version: str = ""
+    policy_version: str = ""
 
     def holding(self, size: int) -> None:
         self.batch_size, self.batch_since_ms = size, int(time.time() * 1000) if size else None
@@ -103,6 +105,8 @@ def live_workers(raw: dict[str, str], ttl_s: float, now_ms: int | None = None) -
                 "last_heartbeat_ms": max(age_ms, 0), "decided": item.get("decided", 0),
                 "batch_in_hand": item.get("batch_size", 0),
                 "batch_age_ms": max(now_ms - since, 0) if since else None,
+                "model_version": item.get("model_version", ""),
+                "policy_version": item.get("policy_version", ""),
             })  # fmt: skip
     return sorted(out, key=lambda w: w["name"])
 

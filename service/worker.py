@@ -27,6 +27,7 @@ from dataclasses import replace
 import redis
 from pydantic import ValidationError
 
+from service import telemetry
 from service.config import Settings
 from service.heartbeat import Heartbeat, WorkerState, live_workers
 from service.pipeline import Job, Moderator
@@ -70,6 +71,7 @@ class Worker:
         keys = Keys(settings.key_prefix)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.state = WorkerState(self.name)
+        self._note_versions()
         self.consumer = Consumer(self.client, keys, settings.consumer_group, self.name)
         self.writer = DecisionWriter(
             self.client,
@@ -136,6 +138,11 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
 
+    def _note_versions(self) -> None:
+        """What the heartbeat reports: the model and the policy this worker decides with."""
+        self.state.model_version = self.moderator.classifier.version
+        self.state.policy_version = self.moderator.policy.version
+
     @property
     def decided(self) -> int:
         return self.state.decided
@@ -198,6 +205,7 @@ class Worker:
     def step(self) -> int:
         """One batch: reclaim abandoned entries if due, else read new ones; returns decided."""
         s = self.settings
+        self._note_versions()
         batch: list[Entry] = []
         now = time.monotonic()
         if now - self._last_claim >= s.claim_idle_ms / 2000:
@@ -281,7 +289,9 @@ class Worker:
             return 0
         self._inject_crash(jobs)
         try:
+            started = time.perf_counter()
             decisions = self.moderator.decide([j for _, j in jobs])
+            self._observe_batch(len(jobs), time.perf_counter() - started)
             return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)))
         except Exception as exc:
             if alone:
@@ -378,7 +388,27 @@ class Worker:
         for version in {v for v, _ in shadowed}:
             self.shadow_stats.record(version, [it for v, it in shadowed if v == version])
         self.state.decided += sum(flags)
+        self._observe_decisions([d for (_, d), new in zip(pairs, flags, strict=True) if new])
         return sum(flags)
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            telemetry.observe(pipe, self.consumer.keys, telemetry.BATCH, [size])
+            telemetry.observe(pipe, self.consumer.keys, telemetry.MODEL_TIME, [seconds])
+            pipe.execute()
+
+    def _observe_decisions(self, decisions: list) -> None:
+        """Enqueue -> decision latency and decision counters, for new decisions only."""
+        if not decisions:
+            return
+        labels = [(d.language.code, d.action, c) for d in decisions
+                  for c in ({c for r in d.reasons for c in r.categories} or {"none"})]  # fmt: skip
+        with self.client.pipeline(transaction=False) as pipe:
+            telemetry.observe(pipe, self.consumer.keys, telemetry.LATENCY,
+                              [(d.timings.queue_wait_ms + d.timings.processing_ms) / 1000
+                               for d in decisions])  # fmt: skip
+            telemetry.count_decisions(pipe, self.consumer.keys, labels)
+            pipe.execute()
 
 
 def run_worker(settings: Settings) -> None:

@@ -43,6 +43,18 @@ class Metrics:
             "floodgate_redis_up", "1 when Redis answered the last scrape", registry=r
         )
         self.workers = Gauge("floodgate_workers_alive", "Workers with a fresh heartbeat", registry=r)
+        self.worker_info = Gauge(
+            "floodgate_worker_info", "A live worker and the model and policy it decides with",
+            ["worker", "model_version", "policy_version"], registry=r,
+        )  # fmt: skip
+        self.heartbeat_age = Gauge(
+            "floodgate_worker_heartbeat_age_seconds", "Seconds since a live worker's last beat",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.policy_info = Gauge(
+            "floodgate_policy_info", "The live and shadow policy versions", ["role", "version"],
+            registry=r,
+        )  # fmt: skip
         self.denied = Counter(
             "floodgate_auth_denied_total", "Requests refused: 401 or 403", ["status"], registry=r
         )
@@ -51,7 +63,7 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
-    def update(self, stats: dict, workers: int) -> None:
+    def update(self, stats: dict, workers: list[dict], policy: dict[str, str | None]) -> None:
         self.backlog.set(stats["stream"]["length"])
         self.pending.set(stats["stream"]["pending"])
         self.lag.set(stats["stream"]["lag_ms"] / 1000)
@@ -60,7 +72,15 @@ class Metrics:
             for action, n in actions.items():
                 self.decisions.labels(lang, action).set(n)
         self.throughput.set(stats["throughput"]["per_s"])
-        self.workers.set(workers)
+        self.workers.set(len(workers))
+        for gauge in (self.worker_info, self.heartbeat_age, self.policy_info):
+            gauge.clear()  # workers come and go; versions change
+        for w in workers:
+            self.worker_info.labels(w["name"], w["model_version"], w["policy_version"]).set(1)
+            self.heartbeat_age.labels(w["name"]).set(w["last_heartbeat_ms"] / 1000)
+        for role, version in policy.items():
+            if version:
+                self.policy_info.labels(role, version).set(1)
         self.redis_up.set(1)
 
     def install(self, app: FastAPI) -> None:

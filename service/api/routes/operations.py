@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from service.api.security import bearer, caller
 from service.api.state import AppState, get_state
 from service.heartbeat import read_live
 from service.redisdb import UNAVAILABLE
+from service.telemetry import read_snapshot
 
 router = APIRouter(tags=["operations"])
 
@@ -66,8 +67,15 @@ async def prometheus(request: Request, st: AppState = Depends(get_state)) -> Res
     """Prometheus metrics; open unless FLOODGATE_METRICS_PUBLIC=false (then the read role)."""
     if not st.settings.metrics_public:
         await caller("read")(credentials=await bearer(request), st=st)
+    text = b""
     try:
-        st.metrics.update(await st.reader.stats(), len(await _workers(st)))
+        workers = await _workers(st)
+        current = await asyncio.to_thread(st.registry.current)
+        st.metrics.update(await st.reader.stats(), workers, current)
+        # the workers' histograms and counters, kept in Redis (service/telemetry.py)
+        snapshot = CollectorRegistry()
+        snapshot.register(await read_snapshot(st.client, st.keys))
+        text = generate_latest(snapshot)
     except UNAVAILABLE:  # still answer: an outage is what operators want to see
         st.metrics.redis_up.set(0)
-    return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(st.metrics.registry) + text, media_type=CONTENT_TYPE_LATEST)
