@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     rate_key_burst: int = Field(default=1000, ge=1)
     rate_author_per_min: float = Field(default=60.0, ge=0)
     rate_author_burst: int = Field(default=60, ge=1)
+    # language priors per market (JSON: {"intl": {"en": 3.0}}) and for posts without one;
+    # unset: language.MARKET_PRIORS / DEFAULT_PRIOR. They only break ties in short Latin text
+    language_market_priors: dict[str, dict[str, float]] | None = None
+    language_default_prior: dict[str, float] | None = None
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
     log_level: str = "INFO"
 

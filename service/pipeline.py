@@ -31,6 +31,12 @@ from service.policy import Facts, LoadedPolicy, Outcome, evaluate, load_policy
 from service.schemas import Decision, PostIn
 
 
+def configure_language(settings: Settings) -> None:
+    """The language priors from Settings (where set), for the worker and the backtest alike."""
+    if settings.language_market_priors is not None or settings.language_default_prior is not None:
+        language.configure_priors(settings.language_market_priors, settings.language_default_prior)
+
+
 @dataclass(frozen=True)
 class Job:
     """A post on its way to a decision."""
@@ -145,6 +151,7 @@ class Moderator:
 
     @classmethod
     def from_settings(cls, settings: Settings, policy: LoadedPolicy | None = None) -> Moderator:
+        configure_language(settings)
         policy = policy or load_policy(settings.policy_path)
         encoder = load_encoder(settings)
         heads = load_heads(settings, encoder.version)  # None: zero-shot, not wrong scores
@@ -178,7 +185,9 @@ class Moderator:
         # read once: a swap between batches must not mix two policies within one batch
         lp, scorer, shadow = self.policy, self.classifier, self.shadow
         texts = [j.post.text for j in jobs]
-        langs = language.detect_batch(texts, [j.post.lang_hint for j in jobs])
+        # the post's own market weighs languages (language.MARKET_PRIORS), as in the backtest
+        langs = language.detect_batch(texts, [j.post.lang_hint for j in jobs],
+                                      markets=[j.post.market for j in jobs])  # fmt: skip
         with self._lock:
             embeddings = self.encoder.embed(texts, prefix=QUERY, use_cache=True)
         scores = score(scorer, embeddings, langs)

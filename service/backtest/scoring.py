@@ -73,8 +73,10 @@ class Embedded:
         # "auto": the heads the service would load for this encoder (None: zero-shot only)
         self.heads = load_heads(get_settings(), cache.version) if heads == "auto" else heads
         texts = [p.text for p in self.posts]
+        pipeline.configure_language(get_settings())
         with _stage(f"detecting the language of {len(texts)} posts", progress):
-            self.languages = cache.detect(texts, [p.language for p in self.posts])
+            self.languages = cache.detect(texts, [p.language for p in self.posts],
+                                          [p.market for p in self.posts])  # fmt: skip
         self.embeddings = cache.embed(texts, prefix=QUERY, progress=progress)
         self._scores: dict[str, list[dict[str, float]]] = {}
         self.scorer_versions: dict[str, str] = {}

@@ -274,16 +274,22 @@ class EmbeddingCache:
         return self._lang_db
 
     def detect(
-        self, texts: Sequence[str], hints: Sequence[str | None] | None = None
+        self,
+        texts: Sequence[str],
+        hints: Sequence[str | None] | None = None,
+        markets: Sequence[str | None] | None = None,
     ) -> list[LanguageResult]:
-        """``language.detect_batch`` with the results cached on disk."""
+        """``language.detect_batch`` with the results cached on disk (keyed by the text, the
+        hint, the market and the configured priors, besides the detector's source)."""
         texts = list(texts)
         hints = list(hints) if hints is not None else [None] * len(texts)
-        if len(hints) != len(texts):
-            raise ValueError("hints must be as long as texts")
+        markets = list(markets) if markets is not None else [None] * len(texts)
+        if not len(hints) == len(markets) == len(texts):
+            raise ValueError("hints and markets must be as long as texts")
+        priors = _sha1(json.dumps([_language.MARKET_PRIORS, _language.DEFAULT_PRIOR], sort_keys=True))[:8]
         keys = [
-            f"{self._detector}\x1f{h or ''}\x1f{_sha1(t)}"
-            for t, h in zip(texts, hints, strict=True)
+            f"{self._detector}\x1f{h or ''}\x1f{m or ''}\x1f{priors}\x1f{_sha1(t)}"
+            for t, h, m in zip(texts, hints, markets, strict=True)
         ]
         db = self._language_db()
         found: dict[str, LanguageResult] = {}
@@ -298,7 +304,8 @@ class EmbeddingCache:
         self.language_hits += len(keys) - sum(1 for k in keys if k in todo)
         if todo:
             idx = list(todo.values())
-            results = _language.detect_batch([texts[i] for i in idx], [hints[i] for i in idx])
+            results = _language.detect_batch([texts[i] for i in idx], [hints[i] for i in idx],
+                                             markets=[markets[i] for i in idx])  # fmt: skip
             self.language_computed += len(idx)
             with db:
                 db.executemany(
