@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -147,6 +148,11 @@ def api(
 @app.command()
 def worker() -> None:
     """Run one worker (needs REDIS_URL). Scale by running more of them."""
+    # torch's OpenMP threads sleep when idle instead of spinning: on a shared machine the
+    # spinning took the CPU the API, Redis and the other workers needed (bench/sync_throughput.py
+    # on the 2-core VM: queued 27 -> 102 posts/s, sync 15 -> 44). Read before torch loads;
+    # an operator's own OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from service.policy import PolicyError
     from service.worker import run_worker
 
