@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from service.api.errors import error_response, one_error, validation_errors
+from service.api.openapi import error_response as documented
 from service.api.security import caller
 from service.api.state import AppState, get_state
 from service.api.sync import decide_or_answer
@@ -102,7 +103,8 @@ def to_openai(decision: Decision) -> ModerationResult:
 
 
 @router.post("/v1/moderations", response_model=ModerationsOut,
-             dependencies=[Depends(caller("submit"))])  # fmt: skip
+             dependencies=[Depends(caller("submit"))], responses={504: documented(
+                 "not decided within FLOODGATE_SYNC_DEADLINE_S; the posts stay queued")})  # fmt: skip
 async def moderations(body: ModerationsIn, st: AppState = Depends(get_state)) -> Any:
     """Classify one text or a list (OpenAI-compatible), decided by the workers now (priority
     stream); each is stored under its result's `floodgate.post_id`."""

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.api.errors import BACKLOG_FULL, error_response, not_found, validation_errors
+from service.api.openapi import error_response as documented
 from service.api.security import author_checks, caller, rate_limited
 from service.api.state import AppState, get_state
 from service.api.sync import decide_or_answer
@@ -132,7 +133,8 @@ async def get_decision(
     return not_found("post_id", f"unknown post id {post_id!r}")
 
 
-@router.post("/v1/moderate", response_model=Decision)
+@router.post("/v1/moderate", response_model=Decision, responses={504: documented(
+    "not decided within FLOODGATE_SYNC_DEADLINE_S; the post stays queued and will be decided")})
 async def moderate(
     post: PostIn, st: AppState = Depends(get_state), _: Principal = SUBMIT
 ) -> Any:
