@@ -243,7 +243,7 @@ def model_finetune(
 def model_train(
     out: Path = typer.Option(None, help="where to write the heads (default: models/heads)"),
     cap: int = typer.Option(
-        4000, help="rows read per dataset and label set (a budget; 0: all); balance is by weights"
+        1000, help="rows read per dataset and label set (a budget; 0: all); see --balance-power"
     ),
     ablation: bool = typer.Option(
         True, help="also train without the seeds, to measure what they add"
@@ -252,7 +252,7 @@ def model_train(
         [], "--without", help="also train without this source (repeatable; a+b: both), to measure it"
     ),
     balance_power: float = typer.Option(
-        0.5, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
+        0.0, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
     ),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
