@@ -405,8 +405,7 @@ def finetune(
                 done, run_steps = done + 1, run_steps + 1
                 epoch_total += float(loss.detach()) * len(batch)
                 if done % per_epoch == 0:  # an epoch ends
-                    losses.append(round(epoch_total / (per_epoch * s.batch_size if s.samples_per_epoch
-                                                       else len(train)), 4))  # fmt: skip
+                    losses.append(round(epoch_total / (s.samples_per_epoch or len(train)), 4))
                     epoch_total = 0.0
                     log(f"epoch {epoch + 1}/{s.epochs}: loss {losses[-1]}")
                 eta = (time.perf_counter() - run_started) / run_steps * (total - done)
