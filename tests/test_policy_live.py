@@ -234,7 +234,10 @@ def test_bursty_author_rule_through_the_worker(redis_url, model_dir, moderator, 
         "  - id: burst\n    when: {author_posts: {within_minutes: 10, at_least: 3}}\n"
         "    action: limit_reach\n    labels: [posting_burst]\n"
     )
-    text = DEFAULT.read_text("utf-8") + burst_rule
+    default = DEFAULT.read_text("utf-8")
+    # the rule joins the rules list, which ends where the next top-level section starts
+    head, sep, tail = default.partition("\nreview:")
+    text = head.rstrip("\n") + "\n" + burst_rule + sep + tail if sep else default + burst_rule
     path = tmp_path / "burst.yaml"
     path.write_text(text, "utf-8")
     shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists")
