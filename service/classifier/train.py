@@ -62,9 +62,9 @@ class TrainSettings:
     max_pos_weight: float = 10.0
     seed_weight: float = 3.0  # hand-written examples fill gaps: count them a bit more
     # rows read per dataset x label set (0: uncapped); the balancing itself is done by the
-    # sample weights. Measured (models/README.md, cap 1,000): balance_power 0.25 and 0.5 lost
-    # to 0 on the held-out split, HateCheck, MHC and XSTest, so the defaults stay at what
-    # was measured best; cap 4,000 with weights is still to be measured
+    # sample weights. Measured (models/README.md): at cap 1,000, balance_power 0.25 and 0.5
+    # lost to 0 on the held-out split, HateCheck, MHC and XSTest, and cap 4,000 lost to
+    # cap 1,000 with or without weights, so the defaults are what measured best
     cap_per_label: int = 1000
     balance_power: float = 0.0  # 0: every row weighs 1; 1: every category x language cell the same
     max_weight: float = 10.0  # no example weighs more than this (mean weight is 1)
