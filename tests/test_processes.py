@@ -42,4 +42,5 @@ def test_live_workers_keeps_fresh_heartbeats_only():
     }
     [a] = live_workers(raw, ttl_s=5, now_ms=12000)
     assert a == {"name": "a", "pid": 1, "host": None, "last_heartbeat_ms": 2000, "decided": 5,
-                 "batch_in_hand": 3, "batch_age_ms": 3000}  # fmt: skip
+                 "batch_in_hand": 3, "batch_age_ms": 3000, "model_version": "",
+                 "policy_version": ""}  # fmt: skip

@@ -30,9 +30,10 @@ def test_serve_starts_and_stops_its_embedded_redis(tmp_path, model_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "FLOODGATE_REDIS_URL")}
     env.update(FLOODGATE_DATA_DIR=str(tmp_path), FLOODGATE_MODEL_DIR=str(model_dir),
                FLOODGATE_TORCH_THREADS="1")  # fmt: skip
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (a file, not a pipe: never fills)
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -40,9 +41,10 @@ def test_serve_starts_and_stops_its_embedded_redis(tmp_path, model_dir):
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+                    break  # Redis up and a worker alive
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         else:
             raise AssertionError("serve did not come up")
         redis_pid = int((tmp_path / "redis" / "redis.pid").read_text())
@@ -61,8 +63,10 @@ def test_serve_starts_and_stops_its_embedded_redis(tmp_path, model_dir):
         assert aof and b"serve-1" in b"".join(p.read_bytes() for p in aof if p.is_file())
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+        proc.wait(timeout=60)
+        log.close()
+    out = (tmp_path / "serve.log").read_text(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
     assert "embedded redis-server stopped" in out
     deadline = time.monotonic() + 10
     while _alive(redis_pid) and time.monotonic() < deadline:
