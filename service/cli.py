@@ -38,6 +38,16 @@ def _uvicorn_logs(settings: Settings) -> dict:
     return log_config(settings.log_format, settings.log_level)
 
 
+def _server_settings(host: str | None, port: int | None, insecure: bool) -> Settings:
+    """The settings of `serve` / `api`, with the command line's address and --insecure."""
+    settings = get_settings().model_copy()
+    _logging(settings)
+    settings.host = host or settings.host
+    settings.port = port or settings.port
+    settings.insecure = insecure or settings.insecure
+    return settings
+
+
 def _check_access_or_exit(settings: Settings) -> None:
     """Off loopback the API needs API keys (or an explicit --insecure): it must never be
     exposed open by accident."""
@@ -86,11 +96,7 @@ def serve(
     from service.processes import Supervisor
     from service.redisdb import EmbeddedRedis
 
-    settings = get_settings().model_copy()
-    _logging(settings)
-    settings.host = host or settings.host
-    settings.port = port or settings.port
-    settings.insecure = insecure or settings.insecure
+    settings = _server_settings(host, port, insecure)
     count = workers or settings.workers
     _check_policy_or_exit(settings.policy_path)
     ensure_model(settings)
@@ -133,13 +139,10 @@ def api(
 
     from service.api import create_app
 
-    settings = get_settings().model_copy()
-    _logging(settings)
+    settings = _server_settings(host, port, insecure)
     if not settings.redis_url:
         typer.echo("floodgate api: set REDIS_URL (or use `floodgate serve`)", err=True)
         raise typer.Exit(2)
-    settings.host, settings.port = host or settings.host, port or settings.port
-    settings.insecure = insecure or settings.insecure
     _check_access_or_exit(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_config=_uvicorn_logs(settings))  # fmt: skip

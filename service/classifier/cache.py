@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from service import language as _language
 from service.language import LanguageResult, Segment
+from service.progress import on_terminal, progress_bar
 
 QUERY = "query: "
 _CHUNK = 256  # texts per encoder call and per committed transaction
@@ -62,33 +62,10 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _progress(total: int, description: str, enabled: bool | None):
-    """A rich progress bar on stderr, or None (not a terminal, or few items)."""
+    """A progress bar on stderr, or None (not a terminal, or few items)."""
     if enabled is None:
-        enabled = total >= _CHUNK and sys.stderr.isatty()
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    progress.start()
-    progress.add_task(description, total=total)
-    return progress
+        enabled = total >= _CHUNK and on_terminal()
+    return progress_bar(total, description, enabled=enabled, transient=True)
 
 
 class EmbeddingCache:

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ import numpy as np
 from service.classifier.datasets import Example, check_trainable
 from service.classifier.train import TrainSettings, _head, sample_weights, targets
 from service.config import REPO_ROOT
+from service.progress import on_terminal, progress_bar
 
 TUNED_DIR = REPO_ROOT / "models" / "encoder"
 CHECKPOINT_DIR = REPO_ROOT / "var" / "finetune"
@@ -246,27 +246,9 @@ class _StopFlag:
 
 
 def _progress(total: int, done: int, enabled: bool | None):
-    """A rich progress bar with an ETA on stderr (a terminal only, unless forced)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                   TimeRemainingColumn(), console=Console(stderr=True))  # fmt: skip
-    bar.start()
-    bar.add_task("fine-tuning", total=total, completed=done, loss="-")
-    return bar
+    """A progress bar with the loss and an ETA on stderr (a terminal only, unless forced)."""
+    return progress_bar(total, "fine-tuning", enabled=on_terminal() if enabled is None else enabled,
+                        completed=done, fields={"loss": "-"}, extra=["loss {task.fields[loss]}"])
 
 
 def _eta(seconds: float) -> str:
