@@ -52,7 +52,16 @@ class Author(BaseModel):
 class PostIn(BaseModel):
     """A post as a client submits it."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=False,
+        json_schema_extra={"examples": [
+            {"post_id": "p1", "text": "hello from Texas 大家好", "market": "intl"},
+            {"text": "加我薇信，日结300，刷单返利", "market": "cn", "lang_hint": "zh-Hans",
+             "author": {"id": "u_8812", "created_at": "2025-01-13T09:00:00Z"},
+             "created_at": "2025-01-13T09:05:00Z"},
+        ]},
+    )  # fmt: skip
 
     text: str = Field(description="1-10,000 characters after trimming whitespace")
     post_id: str | None = Field(
@@ -61,11 +70,15 @@ class PostIn(BaseModel):
         description="client id; re-submitting the same id never makes a second decision",
     )
     author: Author | None = None
-    market: str | None = Field(default=None, pattern=_MARKET, description='e.g. "cn", "intl"')
+    market: str | None = Field(default=None, pattern=_MARKET, description='e.g. "cn", "intl"',
+                               examples=["cn", "intl"])  # fmt: skip
     created_at: Timestamp | None = Field(
         default=None, description="ISO 8601; a time without a zone is read as UTC"
     )
-    lang_hint: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+    lang_hint: str | None = Field(
+        default=None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$",
+        description="the client's guess (BCP 47), weighs in as a prior", examples=["en", "zh-Hant"],
+    )  # fmt: skip
 
     @field_validator("text")
     @classmethod
@@ -86,9 +99,17 @@ class Accepted(BaseModel):
 
 
 class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"posts": [{"post_id": "b1", "text": "hello from Texas"},
+                   {"post_id": "b2", "text": "今天做了红烧肉", "market": "cn"}]}]})  # fmt: skip
 
-    posts: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+    # each item is validated on its own (a bad post is rejected alone, not the batch), so the
+    # field takes anything; the documented item schema is a post
+    posts: list[Any] = Field(
+        min_length=1, max_length=MAX_BATCH,
+        json_schema_extra={"items": {"$ref": "#/components/schemas/PostIn"}},
+        examples=[[{"text": "hello from Texas"}, {"text": "今天做了红烧肉", "market": "cn"}]],
+    )  # fmt: skip
 
 
 class BatchItemResult(BaseModel):
@@ -249,18 +270,22 @@ class PolicySourceIn(BaseModel):
 
 
 class ClaimIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"queue": "en/general", "count": 5}, {"count": 1}]})  # fmt: skip
     queue: str | None = Field(default=None, max_length=80,
                               description="e.g. en/general; default: every queue you may see")  # fmt: skip
     count: int = Field(default=1, ge=1, le=50)
 
 
 class ResolveIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"action": "remove", "reason": "sells followers"},
+        {"action": "allow", "reason": "friendly banter between friends"}]})  # fmt: skip
     action: VerdictAction
     reason: str = Field(min_length=1, max_length=2000)
 
 
 class AppealIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"reason": "this is my own shop's real discount, not a scam"}]})  # fmt: skip
     reason: str = Field(min_length=1, max_length=2000, description="the author's words")
