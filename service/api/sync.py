@@ -17,7 +17,7 @@ from service.api.errors import BACKLOG_FULL, error_response, one_error
 from service.api.state import AppState
 from service.queue import FULL
 from service.review.store import ReviewStore
-from service.schemas import Decision, PostIn
+from service.schemas import PostIn
 
 
 class SyncRefused(Exception):
@@ -40,8 +40,9 @@ class SyncFailed(Exception):
         self.post_id, self.error = post_id, error
 
 
-async def decide_now(st: AppState, posts: list[tuple[str, PostIn]]) -> list[Decision]:
-    """Decisions for (post_id, post) pairs, in order, made by the workers."""
+async def decide_now(st: AppState, posts: list[tuple[str, PostIn]]) -> list[dict]:
+    """Decisions for (post_id, post) pairs, in order, made by the workers: each exactly as
+    GET /v1/posts/{id}/decision shows it (the human review merged in)."""
     outcomes = await st.producer.enqueue_many(
         [(pid, p.model_dump(mode="json", exclude_none=True)) for pid, p in posts], priority=True
     )
@@ -50,7 +51,7 @@ async def decide_now(st: AppState, posts: list[tuple[str, PostIn]]) -> list[Deci
     loop = asyncio.get_running_loop()
     deadline = loop.time() + st.settings.sync_deadline_s
     ids = [pid for pid, _ in posts]
-    found: dict[str, Decision] = {}
+    found: dict[str, dict] = {}
     while True:
         todo = [pid for pid in ids if pid not in found]
         async with st.client.pipeline(transaction=False) as pipe:
@@ -61,8 +62,9 @@ async def decide_now(st: AppState, posts: list[tuple[str, PostIn]]) -> list[Deci
         for i, pid in enumerate(todo):
             decision, failed = values[2 * i], values[2 * i + 1]
             if decision is not None:  # read as GET .../decision reads it (review merged)
-                merged = await ReviewStore(st.client, st.keys.prefix).with_review(json.loads(decision))
-                found[pid] = Decision.model_validate(merged)
+                found[pid] = await ReviewStore(st.client, st.keys.prefix).with_review(
+                    json.loads(decision)
+                )
             elif failed is not None:
                 raise SyncFailed(pid, failed)
         todo = [pid for pid in ids if pid not in found]

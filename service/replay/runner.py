@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from service.client import AsyncFloodgate, FloodgateError
 from service.replay.generate import GeneratedPost, generate
 from service.replay.metrics import percentile
 from service.replay.scenario import DEFAULT_SCENARIO, REPO_ROOT, Scenario, load_scenario
@@ -464,54 +465,30 @@ async def _send(client: httpx.AsyncClient, run: RunData, plan, opts: ReplayOptio
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _retry_after(r: httpx.Response, default: float) -> float:
-    try:
-        return min(max(float(r.headers.get("retry-after", default)), 0.1), 60.0)
-    except ValueError:
-        return default
-
-
 async def _submit(client: httpx.AsyncClient, run: RunData, chunk, sem: asyncio.Semaphore) -> None:
-    """Send one batch; honour backpressure: posts refused because the backlog is full (or
-    a 429/503) are sent again after Retry-After, the others are recorded as they came."""
+    """Send one batch through the Python client users get (service.client): posts refused
+    for a full backlog (or a 429/503) are sent again after Retry-After."""
     try:
         started = time.time()
-        by_id = {gp.post["post_id"]: gp for _, gp in chunk}
         for wall, gp in chunk:
             run.sent[gp.post["post_id"]] = (wall, started, gp.truth)
-        todo = list(by_id)
-        for attempt in range(30):  # re-sending the same ids is safe: the API is idempotent
-            wait = 0.5 * (attempt + 1)
-            try:
-                r = await client.post("/v1/posts/batch",
-                                      json={"posts": [by_id[i].post for i in todo]})  # fmt: skip
-            except httpx.HTTPError as exc:
-                run.errors.append((time.time(), f"POST /v1/posts/batch: {type(exc).__name__}"))
-            else:
-                if r.status_code == 202:
-                    retry = []
-                    for res in r.json()["results"]:
-                        pid = todo[res["index"]]
-                        errors = res.get("errors") or []
-                        if any(e.get("type") == "backlog_full" for e in errors):
-                            retry.append(pid)
-                        elif res["status"] == "rejected":
-                            run.rejected[pid] = errors
-                        else:
-                            run.accepted[pid] = started
-                            if res["status"] == "duplicate" and attempt == 0:
-                                run.resubmitted += 1
-                    if not retry:
-                        return
-                    run.refused += len(retry)
-                    todo, wait = retry, _retry_after(r, 1.0)
-                else:
-                    run.errors.append((time.time(), f"POST /v1/posts/batch: HTTP {r.status_code}"))
-                    if 400 <= r.status_code < 500 and r.status_code != 429:
-                        return
-                    if r.status_code in (429, 503):
-                        wait = _retry_after(r, wait)
-            await asyncio.sleep(wait)
+
+        def retried(reason: str) -> None:
+            run.errors.append((time.time(), f"POST /v1/posts/batch: {reason}"))
+
+        try:
+            out = await AsyncFloodgate("", client=client).submit_batch(
+                [gp.post for _, gp in chunk], on_retry=retried
+            )
+        except (httpx.HTTPError, FloodgateError) as exc:
+            retried(str(exc)[:200])
+            return
+        for pid, status in out.accepted.items():
+            run.accepted[pid] = started
+            if status == "duplicate" and out.requests == 1:
+                run.resubmitted += 1
+        run.rejected.update(out.rejected)
+        run.refused += out.resends
     finally:
         sem.release()
 

@@ -123,6 +123,6 @@ async def moderations(body: ModerationsIn, st: AppState = Depends(get_state)) ->
     decisions = await decide_or_answer(st, posts)
     if not isinstance(decisions, list):
         return decisions
-    model = f"floodgate-{decisions[0].model.version}" if decisions else "floodgate"
+    model = f"floodgate-{decisions[0]['model']['version']}" if decisions else "floodgate"
     return ModerationsOut(id=f"modr-{request}", model=model,
-                          results=[to_openai(d) for d in decisions])  # fmt: skip
+                          results=[to_openai(Decision.model_validate(d)) for d in decisions])  # fmt: skip

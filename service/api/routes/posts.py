@@ -142,4 +142,4 @@ async def moderate(
     like any other (same decision as queued, retrievable by id) and answered when decided;
     504 past FLOODGATE_SYNC_DEADLINE_S (the post stays queued and will be decided)."""
     out = await decide_or_answer(st, [(post.post_id or new_id(), post)])
-    return out[0] if isinstance(out, list) else out
+    return JSONResponse(out[0]) if isinstance(out, list) else out
