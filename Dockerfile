@@ -11,14 +11,16 @@ WORKDIR /opt/floodgate
 # Point this at a CPU-only torch wheel index when building outside an environment that
 # already provides one; the pinned version is what Floodgate is tested with.
 ARG PIP_EXTRA_INDEX_URL=""
-RUN pip install "torch==2.13.0"
+# exactly the tested versions, with their hashes (requirements.lock; torch 2.13.0 CPU)
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY policies ./policies
 COPY models ./models
 COPY seeds ./seeds
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
     # converting the encoder at build time: containers start without doing it, offline
     && floodgate model build \
     && useradd --system --home /var/lib/floodgate floodgate \
