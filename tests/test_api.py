@@ -667,3 +667,21 @@ def test_decision_feed_pages_through_the_audit_stream(http, service):
     assert again == {"decisions": [], "next": cursor}
     bad = http.get(f"{service.url}/v1/decisions", params={"after": "x y"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "query.after"
+
+
+@pytest.mark.parametrize(
+    "path, params, field",
+    [
+        ("/v1/decisions", {"after": "18446744073709551616"}, "after"),  # 2**64: not a stream id
+        ("/v1/decisions", {"after": "1-18446744073709551616"}, "after"),
+        ("/v1/decisions", {"after": "1" * 21}, "query.after"),
+        ("/v1/decisions", {"limit": "0"}, "query.limit"),
+        ("/v1/posts/a%20b/decision", {}, "path.post_id"),
+        ("/v1/posts/" + "p" * 200 + "/decision", {}, "path.post_id"),
+    ],
+)
+def test_parameters_are_checked_before_they_reach_redis(http, api, path, params, field):
+    r = http.get(f"{api.url}{path}", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["field"] == field
+    assert http.get(f"{api.url}/v1/decisions", params={"after": "18446744073709551615"}).status_code == 200
