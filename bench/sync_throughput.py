@@ -2,7 +2,7 @@
 
     python bench/sync_throughput.py --posts 600 --concurrency 32 --workers 1
 
-Starts an embedded service (Redis, API, workers: the replay's EmbeddedService), then, on
+Starts an embedded service (Redis, API, workers: processes.EmbeddedService), then, on
 the same kinds of posts (bench/throughput.py's mix, distinct texts so nothing is a cache
 hit):
 1. queued: the posts sent in batches, timed until the last decision is stored;
@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import make_posts  # noqa: E402
-from service.replay.runner import EmbeddedService  # noqa: E402
+from service.processes import EmbeddedService  # noqa: E402
 
 
 def queued(url: str, texts: list[str]) -> float:

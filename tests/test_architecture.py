@@ -28,7 +28,6 @@ OVERSIZED = {
     "service/cli.py": "process management moves to service/processes.py",
     "service/language.py": "detection rules and the detectors' tables to split",
     "service/classifier/": "serving apart from training (train, finetune, evaluate, datasets)",
-    "service/replay/runner.py": "EmbeddedService moves beside the process management",
 }
 
 # Import cycles among service modules today (each a set of modules that reach each other).

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 
+from service.processes import EmbeddedService
 from service.replay.analysis import SLO_MS, analyse
 from service.replay.plots import plot_capacity
-from service.replay.runner import EmbeddedService, ReplayOptions, run_replay
+from service.replay.runner import ReplayOptions, run_replay
 from service.replay.scenario import Scenario
 
 

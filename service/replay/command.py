@@ -18,12 +18,13 @@ from typing import Any
 
 from rich.console import Console
 
+from service.processes import EmbeddedService
 from service.replay import analysis, pages
 from service.replay.capacity import find_capacity as search
 from service.replay.capacity import write_capacity
 from service.replay.metrics import FailIfError, evaluate_fail_if, parse_fail_if
 from service.replay.plots import plot_compare
-from service.replay.runner import EmbeddedService, ReplayOptions, load, run_replay
+from service.replay.runner import ReplayOptions, load, run_replay
 from service.replay.scenario import ScenarioError, parse_time_scale
 
 

@@ -11,9 +11,7 @@ decision, or ``drain_timeout`` passes. Everything observed is returned raw in a
 ``RunData``; ``service.replay.analysis`` turns it into figures, ``plots`` and ``pages``
 into PNG plots and the HTML report.
 
-``EmbeddedService`` starts the whole service for a run: an embedded redis-server in a
-temporary data dir, the API (``python -m service api``, a subprocess on a free port) and
-N worker processes (``service.processes.start_workers``), and tears all of it down at the end.
+The service it drives is any Floodgate (``--target``) or ``processes.EmbeddedService``.
 """
 
 from __future__ import annotations
@@ -21,13 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,178 +48,6 @@ def resolve_scenario(name: str | None) -> Path:
                 return cand
     known = sorted({p.stem for d in SCENARIO_DIRS if d.is_dir() for p in d.glob("*.y*ml")})
     raise FileNotFoundError(f"no scenario {name!r} (known: {', '.join(known)})")
-
-
-# --------------------------------------------------------------------------- embedded service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def _fds_to(path: Path) -> Iterator[None]:
-    """Children started inside inherit stdout/stderr pointing at ``path`` (not the terminal)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
-class EmbeddedService:
-    """Redis + API + N workers for one replay; a context manager (``with ... as svc``)."""
-
-    def __init__(self, workers: int = 1, policy: Path | None = None,
-                 torch_threads: int | None = None, log_dir: Path | None = None,
-                 ready_timeout: float = 180.0) -> None:  # fmt: skip
-        self.workers = workers
-        self.policy = Path(policy).resolve() if policy else None
-        cores = os.cpu_count() or 1
-        # one torch thread pool per worker process: split the cores rather than oversubscribe
-        self.torch_threads = torch_threads or max(1, cores // max(workers, 1))
-        self.log_dir = log_dir
-        self.ready_timeout = ready_timeout
-        self.url = ""
-        self.redis_url = ""
-        self._tmp: Path | None = None
-        self._redis = None
-        self._api: subprocess.Popen | None = None
-        self._procs: list[subprocess.Popen] = []
-        self._readers: set[str] = set()
-        self.log_path: Path | None = None
-
-    def __enter__(self) -> EmbeddedService:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        from service.config import get_settings
-        from service.policy import load_policy
-        from service.processes import ensure_model, start_workers
-        from service.redisdb import EmbeddedRedis
-
-        base = get_settings()
-        settings = base.model_copy()
-        settings.model_dir = base.resolved_model_dir.resolve()
-        settings.policy_path = (self.policy or base.policy_path).resolve()
-        load_policy(settings.policy_path)  # PolicyError (with file:line) before starting anything
-        ensure_model(settings)
-        self._tmp = Path(tempfile.mkdtemp(prefix="fg-replay-"))
-        settings.data_dir = self._tmp
-        log_dir = self.log_dir or self._tmp
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / "service.log"
-        self._redis = EmbeddedRedis(self._tmp).start()
-        self.redis_url = settings.redis_url = self._redis.url
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = {
-            "REDIS_URL": self.redis_url,
-            "FLOODGATE_DATA_DIR": str(self._tmp),
-            "FLOODGATE_MODEL_DIR": str(settings.model_dir),
-            "FLOODGATE_POLICY_PATH": str(settings.policy_path),
-            "FLOODGATE_KEY_PREFIX": settings.key_prefix,
-            "FLOODGATE_TORCH_THREADS": str(self.torch_threads),
-            # scenario time is compressed (a day into a minute): an author's day of posts
-            # would look like a burst, so the per-author limit is off for the embedded run
-            "FLOODGATE_RATE_AUTHOR_PER_MIN": "0",
-        }
-        # the API first, so that it publishes the policy before any worker reads it
-        with _env(env), _fds_to(self.log_path):
-            self._api = subprocess.Popen(
-                [sys.executable, "-m", "service", "api", "--host", "127.0.0.1",
-                 "--port", str(port)],
-                stdin=subprocess.DEVNULL, env=dict(os.environ),
-            )  # fmt: skip
-        self._wait(lambda: httpx.get(self.url + "/livez", timeout=1).status_code == 200,
-                   "the API")  # fmt: skip
-        self._wait(lambda: httpx.get(self.url + "/v1/policy", timeout=2).json().get("live"),
-                   "the API to publish the policy")  # fmt: skip
-        with _env(env), _fds_to(self.log_path):
-            self._procs = start_workers(settings, self.workers)
-        self._wait(lambda: self._consumers() >= self.workers, f"{self.workers} worker(s)")
-
-    def _consumers(self) -> int:
-        """Worker processes that are reading: distinct clients seen blocked in XREADGROUP
-        (a worker only reads after loading and warming up its model)."""
-        from service.redisdb import connect
-
-        if any(p.poll() is not None for p in self._procs):
-            raise RuntimeError(f"a worker exited at start-up (see {self.log_path})")
-        try:
-            for c in connect(self.redis_url).client_list():
-                if c.get("cmd") == "xreadgroup":
-                    self._readers.add(c.get("id"))
-        except Exception:
-            pass
-        return len(self._readers)
-
-    def _wait(self, ready, what: str) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self._api is not None and self._api.poll() is not None:
-                raise RuntimeError(f"the API exited at start-up (see {self.log_path})")
-            try:
-                if ready():
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"timed out waiting for {what} (see {self.log_path})")
-
-    def stop(self) -> None:
-        from service.processes import stop_workers
-
-        if self._procs:
-            stop_workers(self._procs)
-            self._procs = []
-        if self._api is not None:
-            if self._api.poll() is None:
-                self._api.terminate()
-                try:
-                    self._api.wait(15)
-                except subprocess.TimeoutExpired:
-                    self._api.kill()
-                    self._api.wait()
-            self._api = None
-        if self._redis is not None:
-            self._redis.stop()
-            self._redis = None
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
 
 
 # --------------------------------------------------------------------------- the run
