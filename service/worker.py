@@ -291,8 +291,8 @@ class Worker:
         try:
             started = time.perf_counter()
             decisions = self.moderator.decide([j for _, j in jobs])
-            self._observe_batch(len(jobs), time.perf_counter() - started)
-            return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)))
+            batch = (len(jobs), time.perf_counter() - started)
+            return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)), batch)
         except Exception as exc:
             if alone:
                 self._post_failed(jobs[0][0], jobs[0][1].post_id, exc, counted=True)
@@ -352,7 +352,9 @@ class Worker:
             for e, j in kept
         ]
 
-    def _commit(self, pairs) -> int:
+    def _commit(self, pairs, batch: tuple[int, float] | None = None) -> int:
+        """Store the decisions; ``batch`` (posts, seconds in the decide path) is observed
+        with them, in the same telemetry round trip."""
         # review outcomes enter their queue (or take the overflow fallback) in the commit itself
         policy, now = self.moderator.policy.policy, time.time()
         planned = [review_plan(d, e.post(), policy, now) for e, d in pairs]
@@ -388,22 +390,20 @@ class Worker:
         for version in {v for v, _ in shadowed}:
             self.shadow_stats.record(version, [it for v, it in shadowed if v == version])
         self.state.decided += sum(flags)
-        self._observe_decisions([d for (_, d), new in zip(pairs, flags, strict=True) if new])
+        self._observe([d for (_, d), new in zip(pairs, flags, strict=True) if new], batch)
         return sum(flags)
 
-    def _observe_batch(self, size: int, seconds: float) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            telemetry.observe(pipe, self.consumer.keys, telemetry.BATCH, [size])
-            telemetry.observe(pipe, self.consumer.keys, telemetry.MODEL_TIME, [seconds])
-            pipe.execute()
-
-    def _observe_decisions(self, decisions: list) -> None:
-        """Enqueue -> decision latency and decision counters, for new decisions only."""
-        if not decisions:
+    def _observe(self, decisions: list, batch: tuple[int, float] | None) -> None:
+        """One pipeline per batch: its size and decide time, and for new decisions only the
+        enqueue -> decision latency and the decision counters."""
+        if not decisions and batch is None:
             return
         labels = [(d.language.code, d.action, c) for d in decisions
                   for c in ({c for r in d.reasons for c in r.categories} or {"none"})]  # fmt: skip
         with self.client.pipeline(transaction=False) as pipe:
+            if batch is not None:
+                telemetry.observe(pipe, self.consumer.keys, telemetry.BATCH, [batch[0]])
+                telemetry.observe(pipe, self.consumer.keys, telemetry.MODEL_TIME, [batch[1]])
             telemetry.observe(pipe, self.consumer.keys, telemetry.LATENCY,
                               [(d.timings.queue_wait_ms + d.timings.processing_ms) / 1000
                                for d in decisions])  # fmt: skip

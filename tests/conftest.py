@@ -144,6 +144,17 @@ class WorkerThread:
         self.thread.join(30)
 
 
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned); bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 @pytest.fixture
 def api(settings) -> Iterator[LiveServer]:
     with LiveServer(settings) as server:

@@ -199,15 +199,21 @@ class Load:
 # ---------------------------------------------------------------------------- the table
 
 
-def test_sigkill_a_worker_mid_batch(dep: Deployment):
-    pid = dep.worker_pid()
-    with Load(dep, "kill", batches=30) as load:
+def kill_under_load(dep: Deployment, pid: int, tag: str, batches: int) -> tuple[Load, float]:
+    """SIGKILL `pid` while clients send; then every accepted post decided exactly once."""
+    with Load(dep, tag, batches=batches) as load:
         time.sleep(0.5)
         os.kill(pid, signal.SIGKILL)
     recovered = dep.wait_healthy()
     dep.sent |= load.ids
     dep.wait_decided(load.ids)
     assert_exactly_once(dep, load.ids)
+    return load, recovered
+
+
+def test_sigkill_a_worker_mid_batch(dep: Deployment):
+    pid = dep.worker_pid()
+    load, recovered = kill_under_load(dep, pid, "kill", 30)
     assert dep.worker_pid() != pid
     assert "killed by SIGKILL; restarting" in dep.log_text()
     assert not load.bad, load.bad[:3]
@@ -216,13 +222,7 @@ def test_sigkill_a_worker_mid_batch(dep: Deployment):
 
 def test_sigkill_redis_mid_load_and_it_comes_back(dep: Deployment):
     pid = int((dep.root / "data" / "redis" / "redis.pid").read_text())
-    with Load(dep, "redis", batches=40) as load:
-        time.sleep(0.5)
-        os.kill(pid, signal.SIGKILL)
-    recovered = dep.wait_healthy()
-    dep.sent |= load.ids
-    dep.wait_decided(load.ids)
-    assert_exactly_once(dep, load.ids)
+    load, recovered = kill_under_load(dep, pid, "redis", 40)
     assert not load.bad, f"a 5xx other than a JSON 503: {load.bad[:3]}"
     assert "embedded redis-server killed by SIGKILL" in dep.log_text()
     # what was accepted before the kill is still there (append-only file, fsync always)

@@ -21,7 +21,7 @@ from service.policy import load_policy
 from service.queue import Keys
 from service.redisdb import connect
 from service.store import AuthorActivity
-from tests.conftest import LiveServer, WorkerThread, make_settings, wait_for_decision
+from tests.conftest import LiveServer, WorkerThread, make_settings, wait_for_decision, wait_until
 
 DEFAULT = REPO_ROOT / "policies" / "default.yaml"
 # in the default policy English posts are labelled in the cn feed; the edit limits their reach
@@ -38,16 +38,6 @@ def policy_copy(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
     path.write_text(text, "utf-8")
     shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists", dirs_exist_ok=True)
     return path
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from service.config import REPO_ROOT
 from service.policy import load_policy
 from service.queue import Keys
 from service.redisdb import connect
-from tests.conftest import LiveServer, WorkerThread, make_settings
+from tests.conftest import LiveServer, WorkerThread, make_settings, wait_until
 
 DEFAULT = REPO_ROOT / "policies" / "default.yaml"
 TEST_RULE = """
@@ -55,16 +55,6 @@ def review_policy(tmp_path: Path) -> Path:
     path.write_text(text.rstrip("\n") + "\n" + TEST_RULE + TEST_REVIEW, "utf-8")
     shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists", dirs_exist_ok=True)
     return path
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Service:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import signal
-import time
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ from tests.conftest import (
     WorkerThread,
     make_settings,
     wait_for_decision,
+    wait_until,
     worker_process,
 )
 
@@ -49,15 +49,6 @@ def audit_ids(client, keys: Keys) -> list[str]:
     return [fields["id"] for _, fields in client.xrange(keys.audit)]
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def consumer_pending(client, keys: Keys, group: str) -> dict[str, int]:
     try:
         summary = client.xpending(keys.posts, group)
@@ -72,7 +63,7 @@ def signal_when_busy(client, settings, sig: int) -> tuple[int, str]:
     proc = worker_process(settings)
     try:
         wait_until(lambda: any(consumer_pending(client, keys, settings.consumer_group).values()),
-                   120, "the worker to take a batch")  # fmt: skip
+                   120, "the worker to take a batch", interval=0.02)  # fmt: skip
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
