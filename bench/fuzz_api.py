@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +51,7 @@ from schemathesis.specs.openapi.checks import (
 from service.api import create_app
 from service.auth import KeyStore
 from service.config import Settings
+from service.processes import free_port
 from service.queue import Keys
 from service.redisdb import connect
 
@@ -61,12 +61,6 @@ CHECKS = {
     "undocumented_status": status_code_conformance,
     "content_type": content_type_conformance,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

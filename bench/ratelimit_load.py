@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,17 +40,12 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.auth import KeyStore
+from service.processes import free_port
 from service.queue import Keys
 from service.redisdb import connect
 
 TEXT = "Hello from Texas, first time here! 大家好，请多关照"
 AUTHORS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

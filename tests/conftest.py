@@ -8,7 +8,6 @@ so tests never see each other's streams and nothing is flushed.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 import redis
 
 from service.config import REPO_ROOT, Settings
+from service.processes import free_port
 from service.redisdb import EmbeddedRedis, connect
 
 MODEL_DIR = Path(
@@ -86,12 +86,6 @@ def moderator(model_dir):
     m = Moderator.from_settings(s)
     m.warm_up()
     return m
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:
