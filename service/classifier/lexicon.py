@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.classifier.datasets import SHARED_TRAIN, Example
-from service.policy.evaluate import term_pattern
-from service.policy.text import collapse, fold
+from service.policy.text import collapse, fold, term_pattern
 
 LEXICON_DIR = SHARED_TRAIN / "zh_lexicon_konsheng"
 SOURCE = "konsheng/Sensitive-lexicon (MIT, Copyright (c) 2024~2099 Konsheng)"

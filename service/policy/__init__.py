@@ -12,13 +12,7 @@ every matching rule is listed in the reasons. A post gets one outcome per market
 own market's outcome is its ``action``.
 """
 
-from service.policy.evaluate import (
-    Facts,
-    KeywordMatcher,
-    Outcome,
-    RuleMatch,
-    evaluate,
-)
+from service.policy.evaluate import Facts, Outcome, RuleMatch, evaluate
 from service.policy.model import (
     ACTIONS,
     SEVERITY,
@@ -30,7 +24,7 @@ from service.policy.model import (
     policy_json_schema,
 )
 from service.policy.parse import LoadedPolicy, PolicyError, load_policy, parse_policy
-from service.policy.text import collapse, fold
+from service.policy.text import KeywordMatcher, collapse, fold
 
 __all__ = [
     "ACTIONS",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -12,37 +11,6 @@ from service.policy.text import collapse, fold
 
 if TYPE_CHECKING:
     from service.policy.parse import LoadedPolicy
-
-
-# a word character that is not CJK (kana, CJK ideographs, hangul)
-_LATIN_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
-
-
-def term_pattern(term: str) -> str:
-    """The regex for one folded keyword term. Latin words match on word boundaries ("ass"
-    must not fire on "class"), a CJK neighbour counting as a boundary ("加我telegram"); CJK
-    has no spaces, so CJK terms match anywhere."""
-    escaped = re.escape(term)
-    return rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
-
-
-@dataclass(frozen=True)
-class KeywordMatcher:
-    terms: tuple[str, ...]
-    pattern: re.Pattern | None
-
-    @classmethod
-    def build(cls, terms: list[str], regexes: list[str]) -> KeywordMatcher:
-        terms = tuple(sorted({fold(t) for t in terms if fold(t).strip()}, key=len, reverse=True))
-        parts = [term_pattern(term) for term in terms]
-        parts += [f"(?:{r})" for r in regexes]
-        return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
-
-    def find(self, *forms: str) -> list[str]:
-        """Hits in any of the text's forms (folded, collapsed)."""
-        if self.pattern is None:
-            return []
-        return sorted({m.group(0) for form in forms for m in self.pattern.finditer(form)})
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.policy.evaluate import KeywordMatcher
 from service.policy.model import (
     AuthorPosts,
     Category,
@@ -22,6 +21,7 @@ from service.policy.model import (
     ReviewQueueSpec,
     Rule,
 )
+from service.policy.text import KeywordMatcher
 from service.policy.validate import unreachable_rules
 from service.yamlsource import SourceError, format_errors, read_yaml
 

@@ -10,7 +10,7 @@
   and single Latin letters separated the same way (`c a s i n o`, `c.a.s.i.n.o` -> `casino`)
 
 Keyword terms are folded the same way when the policy loads, and matched against both the
-folded and the collapsed form of a post.
+folded and the collapsed form of a post (``KeywordMatcher``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import unicodedata
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,3 +59,34 @@ def collapse(folded: str) -> str:
     while previous != text:
         previous, text = text, _LETTER_GAP.sub(r"\1", text)
     return text
+
+
+# a word character that is not CJK (kana, CJK ideographs, hangul)
+_LATIN_WORD = rf"[^\W{_CJK}]"
+
+
+def term_pattern(term: str) -> str:
+    """The regex for one folded keyword term. Latin words match on word boundaries ("ass"
+    must not fire on "class"), a CJK neighbour counting as a boundary ("加我telegram"); CJK
+    has no spaces, so CJK terms match anywhere."""
+    escaped = re.escape(term)
+    return rf"(?<!{_LATIN_WORD}){escaped}(?!{_LATIN_WORD})" if term.isascii() else escaped
+
+
+@dataclass(frozen=True)
+class KeywordMatcher:
+    terms: tuple[str, ...]
+    pattern: re.Pattern | None
+
+    @classmethod
+    def build(cls, terms: list[str], regexes: list[str]) -> KeywordMatcher:
+        terms = tuple(sorted({fold(t) for t in terms if fold(t).strip()}, key=len, reverse=True))
+        parts = [term_pattern(term) for term in terms]
+        parts += [f"(?:{r})" for r in regexes]
+        return cls(terms, re.compile("|".join(parts), re.IGNORECASE) if parts else None)
+
+    def find(self, *forms: str) -> list[str]:
+        """Hits in any of the text's forms (folded, collapsed)."""
+        if self.pattern is None:
+            return []
+        return sorted({m.group(0) for form in forms for m in self.pattern.finditer(form)})
