@@ -36,7 +36,6 @@ OVERSIZED = {
 KNOWN_CYCLES = [
     # serving imports training: split in issue 12
     {"service.classifier.encoder", "service.classifier.finetune", "service.classifier.train"},
-    {"service.replay.corpus", "service.replay.scenario"},
 ]
 
 

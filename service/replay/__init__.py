@@ -7,16 +7,8 @@ authors, spam bursts, reviewer capacity); ``corpus`` reads the seed templates un
 """
 
 from service.replay.generate import GeneratedPost, generate, phase_at
-from service.replay.scenario import (
-    DEFAULT_SCENARIO,
-    KIND_CATEGORIES,
-    KINDS,
-    LANGUAGES,
-    Phase,
-    Scenario,
-    ScenarioError,
-    load_scenario,
-)
+from service.replay.kinds import KIND_CATEGORIES, KINDS, LANGUAGES, ScenarioError
+from service.replay.scenario import DEFAULT_SCENARIO, Phase, Scenario, load_scenario
 
 __all__ = [
     "DEFAULT_SCENARIO",

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
+from service.replay.kinds import KIND_CATEGORIES, LANGUAGES
 from service.replay.metrics import (
     ACTIONS,
     account,
@@ -26,7 +27,7 @@ from service.replay.metrics import (
     simulate_backlog,
 )
 from service.replay.runner import RunData
-from service.replay.scenario import KIND_CATEGORIES, LANGUAGES, Scenario
+from service.replay.scenario import Scenario
 
 SLO_MS = 2000.0  # "keeping up": p99 latency and consumer lag under 2 s
 CATEGORIES = sorted({c for cats in KIND_CATEGORIES.values() for c in cats})

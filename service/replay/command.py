@@ -22,10 +22,11 @@ from service.processes import EmbeddedService
 from service.replay import analysis, pages
 from service.replay.capacity import find_capacity as search
 from service.replay.capacity import write_capacity
+from service.replay.kinds import ScenarioError
 from service.replay.metrics import FailIfError, evaluate_fail_if, parse_fail_if
 from service.replay.plots import plot_compare
 from service.replay.runner import ReplayOptions, load, run_replay
-from service.replay.scenario import ScenarioError, parse_time_scale
+from service.replay.scenario import parse_time_scale
 
 
 def _err(msg: str) -> None:

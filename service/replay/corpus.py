@@ -29,12 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.replay.scenario import (
-    KINDS,
-    Kind,
-    Language,
-    ScenarioError,
-)
+from service.replay.kinds import KINDS, Kind, Language, ScenarioError
 from service.yamlsource import format_errors, read_yaml
 
 SLOT = re.compile(r"\{([a-z][a-z0-9_]*)(?::(\d+)-(\d+))?\}")

@@ -28,7 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.replay.corpus import Corpus, Template
-from service.replay.scenario import KIND_CATEGORIES, Phase, Scenario
+from service.replay.kinds import KIND_CATEGORIES
+from service.replay.scenario import Phase, Scenario
 
 DAY = 86400.0
 REGULAR_MAX_AGE_DAYS = 6 * 365.0

@@ -12,7 +12,7 @@ Units: durations are seconds or strings such as ``"30s"``, ``"6h"``, ``"1d"``; r
 posts per second or strings such as ``"180/d"``, ``"7.5/h"``, ``"3/s"``; ``time_scale`` is a
 number (scenario seconds per wall second) or a ratio of durations such as ``"1d/1min"``.
 
-Kind -> ground-truth policy categories lives here, in ``KIND_CATEGORIES``, and nowhere else.
+The language groups, post kinds and each kind's ground-truth categories are in ``kinds``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 from bisect import bisect_right
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -36,44 +36,12 @@ from pydantic import (
     model_validator,
 )
 
-from service.yamlsource import LocatedErrors, SourceError, format_errors, read_yaml
-
-if TYPE_CHECKING:
-    from service.replay.corpus import Corpus
+from service.replay.corpus import Corpus, CorpusError, load_corpus
+from service.replay.kinds import LANGUAGES, Kind, Language, ScenarioError
+from service.yamlsource import LocatedErrors, format_errors, read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_SCENARIO = REPO_ROOT / "seeds" / "scenarios" / "refugee_surge.yaml"
-
-Language = Literal["zh-Hans", "zh-Hant", "en", "mixed", "other"]
-LANGUAGES: tuple[str, ...] = get_args(Language)
-
-Kind = Literal[
-    "everyday", "greeting", "question", "pet", "short",
-    "brand_ad", "scam", "gambling_ad", "drug_ad", "hate", "harassment", "self_harm",
-]  # fmt: skip
-KINDS: tuple[str, ...] = get_args(Kind)
-
-# Ground truth: the policy categories (policies/default.yaml) a human moderator would assign
-# to a post of each kind. Ordinary brand and shop ads are NOT violations: they are labelled
-# kind "brand_ad" with no category. The policy may still limit them (scam_spam covers
-# "unsolicited advertising", and `new-account-promo` limits new accounts' promotions); a
-# replay report should show those as benign posts limited, not as violations caught.
-# Fake giveaways, "add my WeChat", crypto doubling and follower-selling are `scam`.
-KIND_CATEGORIES: dict[str, tuple[str, ...]] = {
-    "everyday": (),
-    "greeting": (),
-    "question": (),
-    "pet": (),
-    "short": (),
-    "brand_ad": (),
-    "scam": ("scam_spam",),
-    "gambling_ad": ("gambling",),
-    "drug_ad": ("drugs",),
-    "hate": ("hate",),
-    "harassment": ("harassment",),
-    "self_harm": ("self_harm",),
-}
-assert set(KIND_CATEGORIES) == set(KINDS)
 
 SHARE_TOLERANCE = 1e-3  # shares must sum to 1 within this
 
@@ -353,17 +321,11 @@ class Scenario(_Strict):
     def templates(self) -> Corpus:
         """The seed corpus this scenario draws from (read once, then cached)."""
         if self._corpus is None:
-            from service.replay.corpus import load_corpus
-
             self._corpus = load_corpus(self.corpus_dir)
         return self._corpus
 
 
 # --------------------------------------------------------------------------- loading
-
-
-class ScenarioError(SourceError):
-    """A scenario (or its corpus) that cannot be used; ``errors`` name file, line and field."""
 
 
 def load_scenario(path: Path | str = DEFAULT_SCENARIO) -> Scenario:
@@ -394,8 +356,6 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
 
 def check_corpus(scenario: Scenario) -> None:
     """Every (language, kind) a scenario can draw must have templates in the corpus."""
-    from service.replay.corpus import CorpusError
-
     try:
         corpus = scenario.templates
     except CorpusError as exc:
