@@ -21,8 +21,9 @@ from service.classifier.cache import EmbeddingCache
 from service.classifier.datasets import load_examples
 from service.classifier.encoder import Encoder
 from service.classifier.evaluate import evaluate
-from service.classifier.finetune import FinetuneSettings, finetune, tuned_version
+from service.classifier.finetune import FinetuneSettings, finetune
 from service.classifier.train import TrainSettings, train
+from service.classifier.tuned import tuned_version
 from service.config import get_settings
 
 

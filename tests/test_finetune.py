@@ -6,7 +6,8 @@ import numpy as np
 
 from service.classifier.datasets import Example
 from service.classifier.encoder import Encoder
-from service.classifier.finetune import FinetuneSettings, finetune, tuned_version
+from service.classifier.finetune import FinetuneSettings, finetune
+from service.classifier.tuned import tuned_version
 
 HATEFUL = ["those {} are vermin and should be thrown out", "I hate all {}, they ruin everything"]
 BENIGN = ["my {} friends cooked dinner for us tonight", "we visited the {} museum this weekend"]

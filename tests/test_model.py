@@ -122,8 +122,8 @@ def test_int8_encoder_is_close_to_fp32_and_says_so_in_its_version(model_dir):
 
 
 def test_served_heads_give_the_same_scores_on_bf16_and_fp32_and_refuse_int8(model_dir):
-    from service.classifier.finetune import TUNED_DIR
     from service.classifier.heads import HeadsMismatch, TrainedHeads
+    from service.classifier.tuned import TUNED_DIR
 
     fp32 = Encoder(model_dir, tuned_dir=TUNED_DIR)
     bf16 = Encoder(model_dir, precision="bf16", tuned_dir=TUNED_DIR)
@@ -144,7 +144,7 @@ def test_served_heads_give_the_same_scores_on_bf16_and_fp32_and_refuse_int8(mode
 def test_tuned_layers_replace_only_the_top_of_the_base_encoder(model_dir):
     import json
 
-    from service.classifier.finetune import MANIFEST, TUNED_DIR
+    from service.classifier.tuned import MANIFEST, TUNED_DIR
 
     base, tuned = Encoder(model_dir), Encoder(model_dir, tuned_dir=TUNED_DIR)
     info = json.loads((TUNED_DIR / MANIFEST).read_text())
@@ -164,7 +164,7 @@ def test_tuned_layers_of_another_base_encoder_are_refused(model_dir, tmp_path):
     import shutil
 
     from service.classifier.encoder import ModelNotBuilt
-    from service.classifier.finetune import MANIFEST, TUNED_DIR, WEIGHTS
+    from service.classifier.tuned import MANIFEST, TUNED_DIR, WEIGHTS
 
     shutil.copy(TUNED_DIR / WEIGHTS, tmp_path / WEIGHTS)
     info = json.loads((TUNED_DIR / MANIFEST).read_text())

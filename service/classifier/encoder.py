@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.classifier.tuned import load_tuned, tuned_manifest, tuned_version
+
 # Belt and braces: nothing in this process may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -66,14 +68,9 @@ def encoder_version(model_dir: Path, tuned_dir: Path | None = None) -> str:
         base = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     else:
         raise ModelNotBuilt(f"no encoder in {model_dir}: run `floodgate model build` first")
-    if tuned_dir is None:
+    info = None if tuned_dir is None else tuned_manifest(tuned_dir)
+    if info is None:
         return base
-    from service.classifier.finetune import MANIFEST
-
-    tuned = Path(tuned_dir) / MANIFEST
-    if not tuned.exists():
-        return base
-    info = json.loads(tuned.read_text("utf-8"))
     if info["base_encoder"] != base:
         raise ModelNotBuilt(f"{tuned_dir} was fine-tuned from encoder {info['base_encoder']}, "
                             f"not {base}: run `floodgate model finetune`")  # fmt: skip
@@ -127,11 +124,8 @@ class Encoder:
             model_dir, local_files_only=True, add_pooling_layer=False
         ).eval()
         weights_version = encoder_version(model_dir, tuned_dir)  # checks the tuned layers' base
-        if tuned_dir is not None:
-            from service.classifier.finetune import load_tuned, tuned_version
-
-            if tuned_version(tuned_dir) is not None:
-                load_tuned(self.model, tuned_dir)  # the fine-tuned top layers over the base
+        if tuned_dir is not None and tuned_version(tuned_dir) is not None:
+            load_tuned(self.model, tuned_dir)  # the fine-tuned top layers over the base
         self.precision = precision = resolve_precision(precision)
         if precision == "bf16":
             # weights and activations in bfloat16 (AMX / AVX512-BF16 matmuls); pooling in fp32

@@ -27,7 +27,7 @@ settings guards against resuming a different run). Epoch plans come from a gener
 by (seed, epoch), so they need no saved state.
 
 The trained layers' weights are written (bf16) to `models/encoder/top.safetensors` with a
-manifest. `Encoder(..., tuned_dir=...)` lays them over the converted base model; the
+manifest (tuned.py reads them). `Encoder(..., tuned_dir=...)` lays them over the converted base model; the
 encoder's version then names both (`<base>ft<tuned hash>`). `floodgate model train` then
 fits the served heads on the tuned encoder's embeddings. Only the train split is used here.
 """
@@ -48,13 +48,11 @@ import numpy as np
 
 from service.classifier.datasets import Example, check_trainable
 from service.classifier.train import TrainSettings, _head, sample_weights, targets
+from service.classifier.tuned import MANIFEST, TUNED_DIR, WEIGHTS
 from service.config import REPO_ROOT
 from service.progress import on_terminal, progress_bar
 
-TUNED_DIR = REPO_ROOT / "models" / "encoder"
 CHECKPOINT_DIR = REPO_ROOT / "var" / "finetune"
-WEIGHTS = "top.safetensors"
-MANIFEST = "tuned.json"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -79,29 +77,6 @@ class FinetuneInterrupted(Exception):
     def __init__(self, checkpoint: Path, step: int, total: int) -> None:
         super().__init__(f"stopped after step {step}/{total}; checkpoint {checkpoint}")
         self.checkpoint, self.step, self.total = checkpoint, step, total
-
-
-def tuned_version(directory: Path) -> str | None:
-    """The tuned layers' short hash, or None when there are none."""
-    manifest = Path(directory) / MANIFEST
-    if not manifest.exists():
-        return None
-    return json.loads(manifest.read_text("utf-8"))["version"]
-
-
-def load_tuned(model, directory: Path) -> dict:
-    """Lay the tuned layers over `model` (in place); returns the manifest."""
-    from safetensors.torch import load_file
-
-    manifest = json.loads((Path(directory) / MANIFEST).read_text("utf-8"))
-    weights = load_file(str(Path(directory) / WEIGHTS))
-    own = model.state_dict()
-    unknown = [k for k in weights if k not in own]
-    if unknown:
-        raise ValueError(f"{directory}: tuned weights do not fit this encoder ({unknown[:3]})")
-    dtype = next(model.parameters()).dtype
-    model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=False)
-    return manifest
 
 
 def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print) -> list:

@@ -1,7 +1,9 @@
 """Trained category heads at serving time: embeddings + languages -> calibrated probabilities.
 
 Reads what `floodgate model train` wrote into models/heads/ (heads.safetensors and
-heads.json). The heads belong to the encoder they were fitted on (base weights and tuned
+heads.json). The head's shape (`head_module`) and the calibration (`apply_calibration`) are
+defined here, where serving needs them; training (train.py, finetune.py) builds and fits
+the same module. The heads belong to the encoder they were fitted on (base weights and tuned
 layers, `encoder_version`); beside another one they are refused. Of the encoder's
 arithmetic, fp32 and bf16 are accepted (`floodgate model eval` measures the heads on both:
 within 0.003 AUPRC), int8 is refused (its embeddings cost up to 10 AUPRC points).
@@ -15,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from service.classifier.encoder import split_version
-from service.classifier.train import apply_calibration
 from service.config import REPO_ROOT
 
 HEADS_DIR = REPO_ROOT / "models" / "heads"
@@ -27,12 +28,38 @@ class HeadsMismatch(RuntimeError):
     pass
 
 
+def head_module(dim: int, hidden: int, outputs: int, dropout: float):
+    """The head: dim -> hidden GELU -> one logit per output (a torch module)."""
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(dim, hidden),
+        torch.nn.GELU(),
+        torch.nn.Dropout(dropout),
+        torch.nn.Linear(hidden, outputs),
+    )
+
+
+def apply_calibration(
+    logits: np.ndarray, calibration: dict, langs, outputs: tuple[str, ...] | list[str] | None = None
+) -> np.ndarray:
+    """sigmoid(a * logit + b) with (a, b) per output and language (all-language fallback);
+    `outputs` name the logits' columns (default: the calibration's outputs, in its order)."""
+    outputs = list(calibration) if outputs is None else outputs
+    a = np.empty_like(logits)
+    b = np.empty_like(logits)
+    for j, name in enumerate(outputs):
+        cal = calibration[name]
+        for i, lang in enumerate(langs):
+            a[i, j], b[i, j] = cal.get(lang, cal["all"])
+    z = np.clip(a * logits + b, -60.0, 60.0)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 class TrainedHeads:
     def __init__(self, directory: Path = HEADS_DIR, encoder_version: str | None = None) -> None:
         import torch
         from safetensors.torch import load_file
-
-        from service.classifier.train import TrainSettings, _head
 
         manifest = json.loads((Path(directory) / "heads.json").read_text("utf-8"))
         if encoder_version:
@@ -48,8 +75,10 @@ class TrainedHeads:
                     f"quality, see models/README.md); use precision "
                     f"{' or '.join(ACCEPTED_PRECISIONS)}"
                 )
-        settings = TrainSettings(**{**TrainSettings().__dict__, **manifest["settings"]})
-        self.head = _head(manifest["architecture"]["input"], settings)
+        shape = manifest["architecture"]
+        self.head = head_module(
+            shape["input"], shape["hidden"], len(manifest["outputs"]), manifest["settings"]["dropout"]
+        )
         self.head.load_state_dict(load_file(str(Path(directory) / "heads.safetensors")))
         self.head.eval()
         self._torch = torch

@@ -41,10 +41,9 @@ from service.classifier.datasets import (
     summary,
 )
 from service.classifier.encoder import split_version
-from service.config import REPO_ROOT
+from service.classifier.heads import HEADS_DIR, apply_calibration, head_module
 
 OUTPUTS = (*CATEGORIES, "benign")
-HEADS_DIR = REPO_ROOT / "models" / "heads"
 LANGUAGES = ("en", "zh")
 MIN_POSITIVES_PER_LANGUAGE = 25
 MAX_SLOPE = 10.0
@@ -118,14 +117,7 @@ def sample_weights(examples: list[Example], s: TrainSettings) -> np.ndarray:
 
 
 def _head(dim: int, s: TrainSettings):
-    import torch
-
-    return torch.nn.Sequential(
-        torch.nn.Linear(dim, s.hidden),
-        torch.nn.GELU(),
-        torch.nn.Dropout(s.dropout),
-        torch.nn.Linear(s.hidden, len(OUTPUTS)),
-    )
+    return head_module(dim, s.hidden, len(OUTPUTS), s.dropout)
 
 
 def fit_head(
@@ -232,20 +224,6 @@ def calibrate(logits: np.ndarray, y: np.ndarray, m: np.ndarray, langs: np.ndarra
                     cal[lang] = [a, b]
         out[name] = cal
     return out
-
-
-def apply_calibration(
-    logits: np.ndarray, calibration: dict, langs, outputs: tuple[str, ...] | list[str] = OUTPUTS
-) -> np.ndarray:
-    """sigmoid(a * logit + b) with (a, b) per output and language (all-language fallback)."""
-    a = np.empty_like(logits)
-    b = np.empty_like(logits)
-    for j, name in enumerate(outputs):
-        cal = calibration[name]
-        for i, lang in enumerate(langs):
-            a[i, j], b[i, j] = cal.get(lang, cal["all"])
-    z = np.clip(a * logits + b, -60.0, 60.0)
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 # --------------------------------------------------------------------------- metrics
