@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from service import language
+from service.classifier.embedder import QUERY
 from service.classifier.loader import load_encoder, load_heads
 from service.classifier.scorer import PolicyScorer
-from service.classifier.zeroshot import QUERY
 from service.config import Settings
 from service.language import LanguageResult
 from service.policy import Facts, LoadedPolicy, Outcome, evaluate, load_policy
@@ -140,6 +140,8 @@ class Moderator:
     """
 
     def __init__(self, policy: LoadedPolicy, classifier: PolicyScorer) -> None:
+        # the serving Encoder: besides the Embedder's embed it keeps an in-memory LRU of texts
+        # across batches (use_cache), for spam floods that repeat themselves
         self.encoder = classifier.encoder
         self.heads = getattr(classifier, "heads", None)
         self._scorers: dict[str, PolicyScorer] = {_scorer_key(policy): classifier}

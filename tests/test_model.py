@@ -110,6 +110,23 @@ def test_duplicate_texts_are_embedded_once_and_cached(model_dir):
     assert len(enc._cache) == 3  # bounded: the least recently used entry went
 
 
+def test_the_encoder_and_the_embedding_cache_are_embedders(model_dir, tmp_path):
+    from service.classifier import Embedder
+    from service.classifier.cache import EmbeddingCache
+    from service.classifier.embedder import QUERY
+
+    enc = Encoder(model_dir)
+    cache = EmbeddingCache(tmp_path, model_dir)
+    assert isinstance(enc, Embedder) and isinstance(cache, Embedder)
+    assert not isinstance(object(), Embedder)
+    assert cache.version == enc.version
+    # what the scorers ask of either: embed(texts, prefix=...), the same vectors from both
+    texts = ["hello", "加微信领取福利"]
+    from_cache = cache.embed(texts, prefix=QUERY)
+    assert np.allclose(enc.embed(texts, prefix=QUERY), from_cache, atol=1e-5)
+    assert from_cache.shape == (2, enc.dim) and cache.computed == 2
+
+
 TEXTS = ["hello from America", "加微信领取免费福利", "I will hurt you", "我們今天去台北",
          "those people are vermin and should be thrown out", "同城约炮，私聊看裸照"]  # fmt: skip
 

@@ -20,7 +20,8 @@ from rich.console import Console
 
 from service import pipeline
 from service.backtest.data import LabeledPost
-from service.classifier.cache import QUERY, EmbeddingCache
+from service.classifier.cache import EmbeddingCache
+from service.classifier.embedder import QUERY
 from service.classifier.loader import load_heads, open_embedding_cache
 from service.classifier.scorer import PolicyScorer
 from service.config import Settings, get_settings

@@ -12,9 +12,9 @@ Language detection does not depend on the policy either: ``detect`` caches
 hint and a fingerprint of the detector's source (an edit to ``service/language.py`` starts a
 fresh cache instead of serving stale answers).
 
-The cache quacks like an ``Encoder`` (``version``, ``embed(texts, prefix=...)``), so a
-``ZeroShotScorer`` built on it caches the policy's anchor texts too: a warm run never loads
-the model at all.
+The cache is an ``Embedder`` like the ``Encoder`` (``version``, ``embed(texts, prefix=...)``),
+so a ``ZeroShotScorer`` built on it caches the policy's anchor texts too: a warm run never
+loads the model at all.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from service import language as _language
+from service.classifier.embedder import QUERY
 from service.language import LanguageResult, Segment
 from service.progress import on_terminal, progress_bar
 
-QUERY = "query: "
 _CHUNK = 256  # texts per encoder call and per committed transaction
 _LOOKUP = 500  # keys per SELECT ... IN (...)
 

@@ -27,9 +27,10 @@ settings guards against resuming a different run). Epoch plans come from a gener
 by (seed, epoch), so they need no saved state.
 
 The trained layers' weights are written (bf16) to `models/encoder/top.safetensors` with a
-manifest (tuned.py reads them). `Encoder(..., tuned_dir=...)` lays them over the converted base model; the
-encoder's version then names both (`<base>ft<tuned hash>`). `floodgate model train` then
-fits the served heads on the tuned encoder's embeddings. Only the train split is used here.
+manifest; `Encoder(..., tuned_dir=...)` lays them over the converted base model (tuned.py,
+the serving side), and the encoder's version then names both (`<base>ft<tuned hash>`).
+`floodgate model train` then fits the served heads on the tuned encoder's embeddings. Only
+the train split is used here.
 """
 
 from __future__ import annotations

@@ -75,10 +75,8 @@ class TrainedHeads:
                     f"quality, see models/README.md); use precision "
                     f"{' or '.join(ACCEPTED_PRECISIONS)}"
                 )
-        shape = manifest["architecture"]
-        self.head = head_module(
-            shape["input"], shape["hidden"], len(manifest["outputs"]), manifest["settings"]["dropout"]
-        )
+        shape, dropout = manifest["architecture"], manifest["settings"]["dropout"]
+        self.head = head_module(shape["input"], shape["hidden"], len(manifest["outputs"]), dropout)
         self.head.load_state_dict(load_file(str(Path(directory) / "heads.safetensors")))
         self.head.eval()
         self._torch = torch

@@ -11,13 +11,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.classifier.embedder import QUERY, Embedder
 from service.classifier.heads import TrainedHeads
-from service.classifier.zeroshot import QUERY, ZeroShotScorer
+from service.classifier.zeroshot import ZeroShotScorer
 from service.policy import Policy
 
 
 class PolicyScorer:
-    def __init__(self, encoder, policy: Policy, heads: TrainedHeads | None = None) -> None:
+    def __init__(
+        self, encoder: Embedder, policy: Policy, heads: TrainedHeads | None = None
+    ) -> None:
         self.encoder = encoder
         self.heads = heads
         self.categories = list(policy.categories)

@@ -14,29 +14,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
-from service.classifier.encoder import Encoder
+from service.classifier.embedder import QUERY, Embedder
 from service.policy import Policy
 
-QUERY = "query: "  # e5's prefix for symmetric similarity tasks, used on both sides
 TOP_K = 3
 TEMPERATURE = 0.015
 MARGIN = 0.01
 
 
-class Classifier(Protocol):
-    name: str
-    version: str
-
-    def score(self, texts: Sequence[str]) -> list[dict[str, float]]: ...
-
-
 class ZeroShotScorer:
     def __init__(
-        self, encoder: Encoder, policy: Policy, categories: list[str] | None = None
+        self, encoder: Embedder, policy: Policy, categories: list[str] | None = None
     ) -> None:
         self.encoder = encoder
         self.categories = list(categories if categories is not None else policy.categories)
