@@ -55,6 +55,8 @@ REQUIRED = {
     # more platform abuse, spam and their hard negatives (issue 15, step 2)
     "harassment_platform.zh",
     "benign_banter.zh",
+    "harassment.en",
+    "benign_banter.en",
 }
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
