@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     # when its reviewer has not resolved it within this lease
     review_lease_s: float = Field(default=300.0, gt=0, le=24 * 3600)
 
+    # language-mix drift (the policy's `language_mix:`): workers count languages in buckets
+    # this wide, and one of them judges the window at most this often
+    language_mix_bucket_s: int = Field(default=60, ge=1, le=3600)
+    language_mix_check_s: float = Field(default=5.0, gt=0, le=600)
+
     @property
     def resolved_policy_dir(self) -> Path:
         return self.policy_dir or self.policy_path.parent

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -148,6 +148,9 @@ class Moderator:
         self.policy = policy
         self.classifier = classifier
         self.shadow: tuple[LoadedPolicy, PolicyScorer] | None = None
+        # languages whose language-mix alert is raised (service/langmix): each policy decides
+        # under the profile its `on_drift` names for them
+        self.drift: frozenset[str] = frozenset()
         # one forward pass at a time: torch already uses every core for one batch
         self._lock = threading.Lock()
 
@@ -174,6 +177,15 @@ class Moderator:
     def use_shadow(self, lp: LoadedPolicy | None) -> None:
         self.shadow = (lp, self._scorer_for(lp)) if lp is not None else None
 
+    def use_drift(self, raised: Collection[str]) -> None:
+        """The languages whose drift alert is raised; set between batches, like policies."""
+        self.drift = frozenset(raised)
+
+    @property
+    def judging(self) -> LoadedPolicy:
+        """The live policy as decisions use it now: under its drift profile, if any."""
+        return self.policy.under(self.drift)
+
     def warm_up(self) -> None:
         """Load the lazily built detectors and run the model once before real traffic."""
         language.warm_up()
@@ -185,7 +197,8 @@ class Moderator:
         started = time.perf_counter()
         started_ms = time.time() * 1000
         # read once: a swap between batches must not mix two policies within one batch
-        lp, scorer, shadow = self.policy, self.classifier, self.shadow
+        drift = self.drift
+        lp, scorer, shadow = self.policy.under(drift), self.classifier, self.shadow
         texts = [j.post.text for j in jobs]
         # the post's own market weighs languages (language.MARKET_PRIORS), as in the backtest
         langs = language.detect_batch(texts, [j.post.lang_hint for j in jobs],
@@ -208,9 +221,10 @@ class Moderator:
             market = facts.market
             shadow_out = None
             if shadow is not None and shadow_scores is not None:
-                candidate = evaluate(shadow[0], replace(facts, scores=shadow_scores[i]))
+                candidate_lp = shadow[0].under(drift)
+                candidate = evaluate(candidate_lp, replace(facts, scores=shadow_scores[i]))
                 shadow_out = {
-                    "policy": {"name": shadow[0].name, "version": shadow[0].version},
+                    "policy": _policy_ref(candidate_lp),
                     "action": candidate[market].action,
                     "rules": [m.rule_id for m in candidate[market].matches],
                     "outcomes": {m: o.action for m, o in candidate.items()},
@@ -226,7 +240,7 @@ class Moderator:
                     outcomes={m: _outcome(o) for m, o in outcomes.items()},
                     language=lang.to_dict(),
                     scores=scores[i],
-                    policy={"name": lp.name, "version": lp.version},
+                    policy=_policy_ref(lp),
                     model={"name": scorer.name, "version": scorer.version},
                     timings={
                         "queue_wait_ms": round(max(started_ms - job.enqueued_ms, 0.0), 1)
@@ -239,6 +253,11 @@ class Moderator:
                 )
             )
         return decisions
+
+
+def _policy_ref(lp: LoadedPolicy) -> dict:
+    """What a decision records of its policy: name, version, and the profile it was under."""
+    return {"name": lp.name, "version": lp.version, "profile": lp.profile}
 
 
 def _outcome(o: Outcome) -> dict:

@@ -160,6 +160,13 @@ class VersionRef(BaseModel):
     version: str
 
 
+class PolicyRef(VersionRef):
+    """The policy a decision was made with, and the profile it was under (None: the policy
+    as written; a name: a language-mix drift alert had switched it to that profile)."""
+
+    profile: str | None = None
+
+
 class Timings(BaseModel):
     queue_wait_ms: float
     processing_ms: float
@@ -168,7 +175,7 @@ class Timings(BaseModel):
 class ShadowOutcome(BaseModel):
     """What a candidate policy running in shadow mode would have decided (not applied)."""
 
-    policy: VersionRef
+    policy: PolicyRef
     action: Literal["allow", "label", "limit_reach", "review", "remove"]
     rules: list[str]
     outcomes: dict[str, str]
@@ -222,7 +229,7 @@ class Decision(BaseModel):
     outcomes: dict[str, MarketOutcome]
     language: LanguageOut
     scores: dict[str, float]
-    policy: VersionRef
+    policy: PolicyRef
     model: VersionRef
     timings: Timings
     decided_at: datetime

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from service import telemetry
 from service.config import Settings
 from service.heartbeat import Heartbeat, WorkerState, live_workers
+from service.langmix.store import DriftMonitor
 from service.pipeline import Job, Moderator
 from service.policy import PolicyError, load_policy
 from service.policy.parse import load_bundle
@@ -83,6 +84,8 @@ class Worker:
         self.registry = PolicyRegistry(self.client, keys)
         self.activity = AuthorActivity(self.client, keys)
         self.shadow_stats = ShadowStats(self.client, keys)
+        self.langmix = DriftMonitor(self.client, settings.key_prefix, self.name,
+                                    settings.language_mix_bucket_s, settings.language_mix_check_s)  # fmt: skip
         self.stopping = False
         self._last_claim = 0.0
         self._last_prune = time.monotonic()
@@ -161,6 +164,7 @@ class Worker:
             try:
                 self.consumer.ensure_group()
                 self.sync_policy()
+                self.moderator.use_drift(self.langmix.current())
                 break
             except UNAVAILABLE as exc:
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
@@ -215,6 +219,8 @@ class Worker:
             batch = self.consumer.read_batch(s.batch_size, s.batch_max_wait_ms, first_block_ms=500)
         if not batch:
             self.sync_policy()
+            with self.client.pipeline(transaction=False) as pipe:  # idle: the alert moves on
+                self._follow_drift(pipe, [])
             return 0
         self.sync_policy()
         return self.process(batch)
@@ -356,7 +362,7 @@ class Worker:
         """Store the decisions; ``batch`` (posts, seconds in the decide path) is observed
         with them, in the same telemetry round trip."""
         # review outcomes enter their queue (or take the overflow fallback) in the commit itself
-        policy, now = self.moderator.policy.policy, time.time()
+        policy, now = self.moderator.judging.policy, time.time()
         planned = [review_plan(d, e.post(), policy, now) for e, d in pairs]
         items = [
             Committed(
@@ -395,7 +401,8 @@ class Worker:
 
     def _observe(self, decisions: list, batch: tuple[int, float] | None) -> None:
         """One pipeline per batch: its size and decide time, and for new decisions only the
-        enqueue -> decision latency and the decision counters."""
+        enqueue -> decision latency, the decision counters and their languages (language-mix
+        drift: the same round trip reads the alert state the next batch decides under)."""
         if not decisions and batch is None:
             return
         labels = [(d.language.code, d.action, c) for d in decisions
@@ -408,7 +415,16 @@ class Worker:
                               [(d.timings.queue_wait_ms + d.timings.processing_ms) / 1000
                                for d in decisions])  # fmt: skip
             telemetry.count_decisions(pipe, self.consumer.keys, labels)
-            pipe.execute()
+            self._follow_drift(pipe, [d.language.code for d in decisions])
+
+    def _follow_drift(self, pipe, languages: list[str]) -> None:
+        """Language-mix drift, in the caller's pipeline (executed here): count the languages,
+        judge the window when this worker's turn has come, and take the alert state the next
+        batch decides under (service/langmix)."""
+        lp, now = self.moderator.policy, time.time()
+        mine = self.langmix.queue(pipe, lp.policy, languages, now)
+        results = pipe.execute()
+        self.moderator.use_drift(self.langmix.settle(results[-mine:], lp.policy, lp.version, now))
 
 
 def run_worker(settings: Settings) -> None:

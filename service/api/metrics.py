@@ -6,6 +6,7 @@ import time
 
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 
 class Metrics:
@@ -94,3 +95,32 @@ class Metrics:
             self.requests.labels(name, str(response.status_code)).inc()
             self.latency.labels(name).observe(time.perf_counter() - started)
             return response
+
+
+class MixFamilies:
+    """Language-mix drift (service/langmix) as Prometheus families, from the state the
+    workers' judge stored (None: never judged, nothing exported)."""
+
+    def __init__(self, state: dict | None) -> None:
+        self.state = state
+
+    def collect(self):
+        if not self.state:
+            return
+        st = self.state
+        shares = GaugeMetricFamily("floodgate_language_share", "Share of the posts decided over "
+                                   "the drift window, by language", labels=["language"])  # fmt: skip
+        alerts = GaugeMetricFamily("floodgate_language_mix_alert", "1 while the language's "
+                                   "drift alert is raised", labels=["language"])  # fmt: skip
+        for code in sorted(set(st["shares"]) | set(st["marks"]) | set(st["raised"])):
+            shares.add_metric([code], st["shares"].get(code, 0.0))
+            alerts.add_metric([code], 1.0 if code in st["raised"] else 0.0)
+        yield shares
+        yield alerts
+        yield GaugeMetricFamily("floodgate_language_mix_posts", "Posts in the drift window",
+                                value=st["posts"])  # fmt: skip
+        profile = GaugeMetricFamily("floodgate_policy_profile_info", "The policy profile "
+                                    "decisions use (base: the policy as written)",
+                                    labels=["profile"])  # fmt: skip
+        profile.add_metric([st.get("profile") or "base"], 1.0)
+        yield profile

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -154,6 +154,116 @@ class Review(_Strict):
     appeal_sla_minutes: float = Field(default=24 * 60, gt=0, le=30 * 24 * 60)
 
 
+class Marks(_Strict):
+    """A language's alert mark: its share reaches ``baseline x factor`` and ``baseline + jump``."""
+
+    factor: float = Field(ge=1, le=1000)
+    jump: float = Field(ge=0, le=1)
+
+    def mark(self, baseline: float) -> float:
+        return max(baseline * self.factor, baseline + self.jump)
+
+
+class DriftAction(_Strict):
+    """While ``language``'s alert is raised, decisions use the policy profile ``profile``."""
+
+    language: str = Field(pattern=LANG_CODE)
+    profile: str = Field(pattern=REASON)
+
+
+class LanguageMix(_Strict):
+    """Language-mix drift: each language's share of recent posts against a declared baseline.
+
+    A language's alert is raised when its share over the last ``window_minutes`` reaches its
+    raise mark, and cleared when it falls under its (lower) clear mark; with fewer than
+    ``min_posts`` posts in the window nothing changes."""
+
+    window_minutes: float = Field(default=30, gt=0, le=7 * 24 * 60)
+    min_posts: int = Field(default=1000, ge=1)
+    # the normal share of each language (of all posts); languages not listed: default_baseline
+    baseline: dict[
+        Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]
+    ] = {}
+    default_baseline: float = Field(default=0.0, ge=0, le=1)
+    raise_at: Marks = Marks(factor=5, jump=0.05)
+    clear_at: Marks = Marks(factor=2.5, jump=0.03)
+    # the first entry whose language is raised names the profile decisions use
+    on_drift: list[DriftAction] = []
+
+    def baseline_of(self, language: str) -> float:
+        return self.baseline.get(language, self.default_baseline)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LanguageMix:
+        errors: list[tuple[tuple, str]] = []
+        if sum(self.baseline.values()) > 1 + 1e-9:
+            errors.append((("baseline",), f"baseline shares add up to "
+                           f"{sum(self.baseline.values()):g}, more than 1"))  # fmt: skip
+        r, c = self.raise_at, self.clear_at
+        # hysteresis: the clear mark is under the raise mark whatever the baseline
+        if not (c.jump < r.jump and (c.factor < r.factor or r.factor == c.factor == 1)):
+            errors.append((("clear_at",), "clear_at must be under raise_at: a smaller jump, and "
+                           "a smaller factor (unless both factors are 1)"))  # fmt: skip
+        seen: set[str] = set()
+        for i, d in enumerate(self.on_drift):
+            if d.language in seen:
+                errors.append(
+                    (("on_drift", i, "language"), f"language {d.language!r} is listed twice")
+                )
+            seen.add(d.language)
+        if errors:
+            raise LocatedErrors(errors)
+        return self
+
+
+def _no_nulls(model: BaseModel) -> None:
+    nulls = sorted(n for n in model.model_fields_set if getattr(model, n) is None)
+    if nulls:
+        raise ValueError(f"keys without a value: {', '.join(nulls)}")
+
+
+class RuleChange(_Strict):
+    """What a profile changes in one rule; keys left out keep the rule's own."""
+
+    action: Action | None = None
+    labels: list[str] | None = None
+    queue: str | None = None
+    priority: int | None = None
+    markets: list[str] | None = None
+    enabled: bool = True  # false: the rule does not apply under the profile
+
+    @model_validator(mode="after")
+    def _set(self) -> RuleChange:
+        if not self.model_fields_set:
+            raise ValueError("empty change: name what the profile changes")
+        _no_nulls(self)
+        return self
+
+
+class CategoryChange(_Strict):
+    """A profile's thresholds for one category (per-language ones are merged)."""
+
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    thresholds: dict[
+        Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]
+    ] = {}
+
+    @model_validator(mode="after")
+    def _set(self) -> CategoryChange:
+        if not self.model_fields_set:
+            raise ValueError("empty change: name a threshold or thresholds")
+        _no_nulls(self)
+        return self
+
+
+class Profile(_Strict):
+    """A named overlay on the policy: changed rules and category thresholds."""
+
+    description: str = ""
+    rules: dict[str, RuleChange] = {}
+    categories: dict[str, CategoryChange] = {}
+
+
 def review_reason(rule_queue: str | None) -> str:
     """A rule's `queue` as a review reason: `review:self_harm` and `self_harm` are
     `self_harm`; a rule without a queue goes to `general`."""
@@ -174,6 +284,16 @@ class Policy(_Strict):
     rules: list[Rule] = Field(min_length=1)
     # human review (queues, reviewer pools, fallback); absent: review outcomes are not queued
     review: Review | None = None
+    # language-mix drift alerts, and named profiles the policy switches to while one is raised
+    language_mix: LanguageMix | None = None
+    profiles: dict[Annotated[str, Field(pattern=REASON)], Profile] = {}
+
+    def drift_profile(self, raised: Collection[str]) -> str | None:
+        """The profile decisions use while the languages in ``raised`` drift: the first
+        ``on_drift`` entry whose language is raised (None: the policy as written)."""
+        if self.language_mix is None:
+            return None
+        return next((d.profile for d in self.language_mix.on_drift if d.language in raised), None)
 
     def author_windows(self) -> list[int]:
         """The `author_posts` windows (minutes) the rules use: what the worker must count."""
@@ -254,6 +374,32 @@ class Policy(_Strict):
                 at = ("rules", i, "queue") if rule.queue else ("rules", i, "action")
                 errors.append((at, f"rules[{i}] ({rule.id}): review queue {reason!r} is not "
                                f"declared under review.queues{suggest(reason, r.queues)}"))  # fmt: skip
+        if errors:
+            raise LocatedErrors(errors)
+        return self
+
+    @model_validator(mode="after")
+    def _profile_references(self) -> Policy:
+        errors = []
+        rule_ids = [r.id for r in self.rules]
+        for name, profile in self.profiles.items():
+            for rid in profile.rules:
+                if rid not in rule_ids:
+                    errors.append((("profiles", name, "rules", rid),
+                                   f"unknown rule {rid!r}{suggest(rid, rule_ids)}"))  # fmt: skip
+            for cat in profile.categories:
+                if cat not in self.categories:
+                    errors.append((("profiles", name, "categories", cat),
+                                   f"unknown category {cat!r}{suggest(cat, self.categories)}"))  # fmt: skip
+            for rid, change in profile.rules.items():
+                for market in change.markets or ():
+                    if market not in self.markets:
+                        errors.append((("profiles", name, "rules", rid, "markets"),
+                                       f"unknown market {market!r}"))  # fmt: skip
+        for i, d in enumerate(self.language_mix.on_drift if self.language_mix else ()):
+            if d.profile not in self.profiles:
+                errors.append((("language_mix", "on_drift", i, "profile"),
+                               f"unknown profile {d.profile!r}{suggest(d.profile, self.profiles)}"))  # fmt: skip
         if errors:
             raise LocatedErrors(errors)
         return self

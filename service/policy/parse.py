@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,13 +14,18 @@ from service.policy.model import (
     AuthorPosts,
     Category,
     Condition,
+    DriftAction,
     KeywordList,
+    LanguageMix,
+    Marks,
     Policy,
+    Profile,
     Review,
     ReviewPool,
     ReviewQueueSpec,
     Rule,
 )
+from service.policy.profiles import overlay_all
 from service.policy.text import KeywordMatcher
 from service.policy.validate import unreachable_rules
 from service.yamlsource import SourceError, format_errors, read_yaml
@@ -42,10 +47,19 @@ class LoadedPolicy:
     matchers: dict[str, KeywordMatcher] = field(repr=False)
     raw: bytes = field(default=b"", repr=False)
     includes: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # the profile this is the policy under (None: as written), and every profile laid over
+    # the policy as written (policy.profiles.overlay), keyed by name
+    profile: str | None = None
+    profiles: dict[str, LoadedPolicy] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return self.policy.name
+
+    def under(self, raised: Collection[str]) -> LoadedPolicy:
+        """The policy decisions use while the languages in ``raised`` drift (language-mix
+        alerts): the profile the policy's ``on_drift`` names for them, else this one."""
+        return self.profiles.get(self.policy.drift_profile(raised) or "", self)
 
     def bundle(self) -> dict[str, str]:
         """Everything needed to load this exact version again (kept for every live version)."""
@@ -116,8 +130,11 @@ def parse_policy(
         name: KeywordMatcher.build(kl.terms + terms[name], kl.regexes + regexes[name])
         for name, kl in policy.keywords.items()
     }
-    return LoadedPolicy(policy=policy, version=digest.hexdigest()[:16], source=source,
-                        matchers=matchers, raw=data, includes=includes)  # fmt: skip
+    lp = LoadedPolicy(policy=policy, version=digest.hexdigest()[:16], source=source,
+                      matchers=matchers, raw=data, includes=includes)  # fmt: skip
+    overlaid = overlay_all(policy, source, lines, PolicyError)
+    return replace(lp, profiles={name: replace(lp, policy=p, profile=name)
+                                 for name, p in overlaid.items()})  # fmt: skip
 
 
 def _read_includes(policy: Policy, lines: dict, source: str, resolve: Resolver | None):
@@ -174,4 +191,9 @@ _OWNERS = {
     "review": Review,
     "pools": ReviewPool,
     "queues": ReviewQueueSpec,
+    "language_mix": LanguageMix,
+    "raise_at": Marks,
+    "clear_at": Marks,
+    "on_drift": DriftAction,
+    "profiles": Profile,
 }

@@ -10,9 +10,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
+from service.api.metrics import MixFamilies
 from service.api.security import bearer, caller
 from service.api.state import AppState, get_state
 from service.heartbeat import read_live
+from service.langmix.store import read_state as read_language_mix
 from service.redisdb import UNAVAILABLE
 from service.telemetry import read_snapshot
 
@@ -32,8 +34,9 @@ async def _workers(st: AppState) -> list[dict]:
 @router.get("/v1/stats", dependencies=[Depends(caller("read"))])
 async def stats(st: AppState = Depends(get_state)) -> dict:
     """Backlog, pending, dead letters, decisions by language and action, throughput, live
-    workers, shadow policy."""
+    workers, shadow policy, language-mix drift (shares, alerts, the profile in use)."""
     out = await st.reader.stats()
+    out["language_mix"] = await read_language_mix(st.client, st.keys.prefix)
     out["workers"] = await _workers(st)
     shadow = (await asyncio.to_thread(st.registry.current))["shadow"]
     out["shadow"] = await asyncio.to_thread(st.shadow_stats.report, shadow, 5) if shadow else None
@@ -75,6 +78,7 @@ async def prometheus(request: Request, st: AppState = Depends(get_state)) -> Res
         # the workers' histograms and counters, kept in Redis (service/telemetry.py)
         snapshot = CollectorRegistry()
         snapshot.register(await read_snapshot(st.client, st.keys))
+        snapshot.register(MixFamilies(await read_language_mix(st.client, st.keys.prefix)))
         text = generate_latest(snapshot)
     except UNAVAILABLE:  # still answer: an outage is what operators want to see
         st.metrics.redis_up.set(0)
