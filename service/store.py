@@ -159,6 +159,20 @@ class DecisionReader:
             return "pending", None
         return "unknown", None
 
+    async def decisions(self, post_ids: list[str]) -> list[dict | None]:
+        """The stored decisions of these posts (None: not decided, or no longer kept)."""
+        if not post_ids:
+            return []
+        raw = await self.client.mget([self.keys.decision(p) for p in post_ids])
+        return [json.loads(r) if r is not None else None for r in raw]
+
+    async def author_posts(self, author_id: str, limit: int) -> list[tuple[str, int]]:
+        """(post_id, time_ms) of the author's latest posts, newest first: what
+        AuthorActivity keeps (only while the live policy counts posts per author, and only
+        over its longest window)."""
+        raw = await self.client.zrevrange(self.keys.author(author_id), 0, limit - 1, withscores=True)
+        return [(post_id, int(at)) for post_id, at in raw]
+
     async def feed(self, after: str, limit: int) -> tuple[list[dict], str]:
         """Decisions stored after the cursor `after` (an audit-stream id), oldest first. The
         stream also records reviewers' verdicts and authors' appeals (entries with `verdict`

@@ -14,7 +14,7 @@ from service.api.errors import BodyGuard, install_handlers
 from service.api.metrics import Metrics
 from service.api.openapi import document_errors
 from service.api.publishing import publish_at_start, watch_policy
-from service.api.routes import decisions, moderations, operations, policy, posts, review
+from service.api.routes import console, decisions, moderations, operations, policy, posts, review
 from service.api.security import Denied, access_before_body, denied_response, warn_if_open
 from service.api.state import AppState
 from service.config import Settings, get_settings
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.install(app)
     # outermost: every response and log line of a request carries its request id
     app.add_middleware(RequestContextMiddleware)
-    for module in (posts, decisions, policy, operations, review, moderations):
+    for module in (posts, decisions, policy, operations, review, moderations, console):
         app.include_router(module.router)
     document_errors(app)
     return app

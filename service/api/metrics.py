@@ -6,7 +6,7 @@ import time
 
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class Metrics:
@@ -95,6 +95,64 @@ class Metrics:
             self.requests.labels(name, str(response.status_code)).inc()
             self.latency.labels(name).observe(time.perf_counter() - started)
             return response
+
+
+# (name, help, the queue view's field) of each per-queue review figure (review.rules.queue_view)
+REVIEW_GAUGES = (
+    ("floodgate_review_waiting", "Items waiting in a review queue", "waiting"),
+    ("floodgate_review_in_review", "Items claimed by a reviewer, not yet resolved", "in_review"),
+    ("floodgate_review_oldest_age_seconds", "Age of the queue's oldest unresolved item (0: none)",
+     "oldest_age_s"),
+    ("floodgate_review_expected_wait_seconds",
+     "Waiting items / the language's review capacity (+Inf: nobody reads it)", "expected_wait_s"),
+    ("floodgate_review_sla_seconds", "The queue's SLA", "sla_s"),
+    ("floodgate_review_capacity_per_hour", "Items per hour the language's reviewers can take",
+     "capacity_per_hour"),
+    ("floodgate_review_over_sla", "1 while the expected wait is over the SLA", "over_sla"),
+)  # fmt: skip
+REVIEW_COUNTERS = (
+    ("floodgate_review_enqueued", "Items that entered a review queue", "enqueued"),
+    ("floodgate_review_overflowed", "Review outcomes that took the queue's fallback action "
+     "instead (its expected wait was over its SLA)", "overflowed"),
+)  # fmt: skip
+
+
+def _gauge_value(field: str, view: dict) -> float | None:
+    value = view.get(field)
+    if field == "expected_wait_s" and value is None and view.get("waiting"):
+        return float("inf")  # items wait and nobody reads the language
+    if field == "oldest_age_s" and value is None:
+        return 0.0
+    return None if value is None else float(value)
+
+
+class ReviewFamilies:
+    """The review queues and verdicts as Prometheus families, built on each scrape from the
+    queue views the review API lists and the verdict counters (review.rules.verdict_rows)."""
+
+    def __init__(self, queues: list[dict], verdicts: list[dict]) -> None:
+        self.queues, self.verdicts = queues, verdicts
+
+    def collect(self):
+        labels = ["queue", "language", "reason"]
+        for name, text, field in REVIEW_GAUGES:
+            family = GaugeMetricFamily(name, text, labels=labels)
+            for q in self.queues:
+                value = _gauge_value(field, q)
+                if value is not None:
+                    family.add_metric([q["queue"], q["language"], q["reason"]], value)
+            yield family
+        for name, text, field in REVIEW_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=labels)
+            for q in self.queues:
+                family.add_metric([q["queue"], q["language"], q["reason"]], q[field])
+            yield family
+        verdicts = CounterMetricFamily(
+            "floodgate_review_verdicts", "Reviewers' verdicts by language, kind (review or "
+            "appeal) and action", labels=["language", "kind", "action"])  # fmt: skip
+        for v in self.verdicts:
+            verdicts.add_metric([v["language"], v["kind"], v["action"]], v["count"])
+        yield verdicts
 
 
 class MixFamilies:

@@ -15,6 +15,7 @@ from service.policy.model import SEVERITY, SEVERITY_LEVELS, Policy, Review, revi
 from service.schemas import Decision, Fallback, ReviewInfo
 
 APPEAL = "appeal"
+VERDICT = "verdict"  # feedback counters of verdicts by language, kind and action
 VERDICTS = ("allow", "label", "limit_reach", "remove")
 # actions an author may appeal: the post is shown less or not at all
 APPEALABLE = ("limit_reach", "remove", "review")
@@ -250,6 +251,23 @@ def feedback_fields(item: Mapping, verdict: str) -> list[str]:
     return fields
 
 
+def verdict_field(item: Mapping, action: str) -> str:
+    """The counter one verdict adds: by the post's language, the item's kind (review or
+    appeal) and the verdict's action."""
+    return f"{VERDICT}|{item.get('language', 'und')}|{item.get('kind') or 'review'}|{action}"
+
+
+def verdict_rows(counts: Mapping[str, int | str]) -> list[dict]:
+    """Counter hash -> verdicts per language, kind and action."""
+    rows = []
+    for key, value in sorted(counts.items()):
+        parts = key.split("|")
+        if parts[0] == VERDICT and len(parts) == 4:
+            rows.append({"language": parts[1], "kind": parts[2], "action": parts[3],
+                         "count": int(value)})  # fmt: skip
+    return rows
+
+
 def precision_rows(counts: Mapping[str, int | str]) -> dict[str, list[dict]]:
     """Counter hash -> rows per rule and per category (precision = confirmed / judged,
     overturn rate = 1 - precision) and appeal outcomes per language."""
@@ -259,7 +277,7 @@ def precision_rows(counts: Mapping[str, int | str]) -> dict[str, list[dict]]:
         parts = key.split("|")
         if parts[0] == APPEAL and len(parts) == 3:
             appeals.setdefault(parts[1], {"upheld": 0, "overturned": 0})[parts[2]] = int(value)
-        elif len(parts) == 4:
+        elif len(parts) == 4 and parts[0] in ("rule", "category"):
             cells.setdefault((parts[0], parts[1], parts[2]), {})[parts[3]] = int(value)
     out: dict[str, list[dict]] = {"rules": [], "categories": [], "appeals": []}
     for (kind, name, lang), c in sorted(cells.items()):
@@ -346,4 +364,20 @@ def queue_counters(counts: Mapping[str, str | int]) -> dict[str, dict[str, int]]
 
 def summary(feedback: Mapping[str, str | int], counts: Mapping[str, str | int]) -> dict:
     """The `review` section of /v1/stats and `floodgate review report`."""
-    return {"queues": queue_counters(counts), **precision_rows(feedback)}
+    return {"queues": queue_counters(counts), **precision_rows(feedback),
+            "verdicts": verdict_rows(feedback)}  # fmt: skip
+
+
+def recent_post(post_id: str, at_ms: int, decision: Mapping | None, item: Mapping | None) -> dict:
+    """One of an author's recent posts as a reviewer sees it: the automated action with the
+    human one on top, its language, and its text where Floodgate keeps one (a post with a
+    review item: reviewed, limited or removed; allowed posts' texts are not stored)."""
+    final = merge(dict(decision), item, [])["final_action"] if decision else None
+    language = (decision or {}).get("language") or {}
+    return {
+        "post_id": post_id, "at_ms": at_ms, "status": "decided" if decision else "undecided",
+        "action": (decision or {}).get("action"), "final_action": final,
+        "language": language.get("code") or (item or {}).get("language"),
+        "review_state": public_state(item.get("state"), item.get("kind")) if item else None,
+        "text": (item or {}).get("text"),
+    }  # fmt: skip

@@ -173,6 +173,20 @@ def _loads(raw: str | None) -> dict | None:
     return json.loads(raw) if raw else None
 
 
+def _item(post_id: str, raw: dict[str, str]) -> dict | None:
+    """An item hash as the API shows it (None: no item)."""
+    if not raw:
+        return None
+    return {
+        **(_loads(raw.get("data")) or {}),
+        "post_id": post_id, "state": raw.get("state"), "kind": raw.get("kind") or "review",
+        "queue": raw.get("queue") or None, "holder": raw.get("holder") or None,
+        "lease_until": int(raw["lease_until"]) if raw.get("lease_until") else None,
+        "verdict": _loads(raw.get("verdict")), "first_reviewer": raw.get("first_reviewer"),
+        "appeal": _loads(raw.get("appeal")), "appeal_verdict": _loads(raw.get("appeal_verdict")),
+    }  # fmt: skip
+
+
 class ReviewStore:
     """The API's side of the review queues (redis.asyncio)."""
 
@@ -218,17 +232,15 @@ class ReviewStore:
         return [await self.item(i) for i in ids]
 
     async def item(self, post_id: str) -> dict | None:
-        raw = await self.client.hgetall(self.keys.item(post_id))
-        if not raw:
-            return None
-        return {
-            **(_loads(raw.get("data")) or {}),
-            "post_id": post_id, "state": raw.get("state"), "kind": raw.get("kind") or "review",
-            "queue": raw.get("queue") or None, "holder": raw.get("holder") or None,
-            "lease_until": int(raw["lease_until"]) if raw.get("lease_until") else None,
-            "verdict": _loads(raw.get("verdict")), "first_reviewer": raw.get("first_reviewer"),
-            "appeal": _loads(raw.get("appeal")), "appeal_verdict": _loads(raw.get("appeal_verdict")),
-        }  # fmt: skip
+        return _item(post_id, await self.client.hgetall(self.keys.item(post_id)))
+
+    async def items(self, post_ids: list[str]) -> list[dict | None]:
+        """Several items at once (None where a post has none)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.hgetall(self.keys.item(post_id))
+            raw = await pipe.execute()
+        return [_item(p, r) for p, r in zip(post_ids, raw, strict=True)]
 
     async def history(self, post_id: str) -> list[dict]:
         return [json.loads(x) for x in await self.client.lrange(self.keys.history(post_id), 0, -1)]

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 
 from service.api.metrics import MixFamilies
+from service.api.routes.review import review_families
 from service.api.security import bearer, caller
 from service.api.state import AppState, get_state
 from service.heartbeat import read_live
@@ -79,6 +80,7 @@ async def prometheus(request: Request, st: AppState = Depends(get_state)) -> Res
         snapshot = CollectorRegistry()
         snapshot.register(await read_snapshot(st.client, st.keys))
         snapshot.register(MixFamilies(await read_language_mix(st.client, st.keys.prefix)))
+        snapshot.register(await review_families(st))  # queues, fallback, verdicts
         text = generate_latest(snapshot)
     except UNAVAILABLE:  # still answer: an outage is what operators want to see
         st.metrics.redis_up.set(0)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
 from service.api.errors import not_found, one_error
+from service.api.metrics import ReviewFamilies
 from service.api.openapi import error_response as documented
 from service.api.security import caller
 from service.api.state import AppState, get_state
@@ -68,21 +69,36 @@ async def queues(st: AppState = Depends(get_state), who: Principal = REVIEW) -> 
     review, languages = await _languages(st, who)
     if languages is not None and not languages:
         return _not_a_reviewer(who)
+    out = await queue_views(st, review, languages)
+    return {"reviewer": who.name, "languages": sorted(languages) if languages is not None else None,
+            "queues": out}  # fmt: skip
+
+
+async def queue_views(
+    st: AppState, review: Review | None, languages: frozenset[str] | None
+) -> list[dict]:
+    """Every queue of these languages (None: all, as an admin sees them and /metrics
+    exports them), the policy's declared ones included while empty."""
     s = store(st)
     names = await s.queue_names()
     if languages is not None:
         langs: set[str] | frozenset[str] = languages
-    else:  # admin: every language with a queue or a pool
+    else:  # every language with a queue or a pool
         pooled = {lang for p in (review.pools.values() if review else ()) for lang in p.languages}
         langs = {rules.split_queue(q)[0] for q in names} | pooled
     names |= set(rules.declared_queues(review, langs))
     names = {q for q in names if rules.visible(q, languages)}
     figures = await s.queue_figures(names)
     now = now_ms()
-    out = [rules.queue_view(q, review, f["waiting"], f["in_review"], f["oldest_ms"], now,
-                            f["counters"]) for q, f in figures.items()]  # fmt: skip
-    return {"reviewer": who.name, "languages": sorted(languages) if languages is not None else None,
-            "queues": out}  # fmt: skip
+    return [rules.queue_view(q, review, f["waiting"], f["in_review"], f["oldest_ms"], now,
+                             f["counters"]) for q, f in figures.items()]  # fmt: skip
+
+
+async def review_families(st: AppState) -> ReviewFamilies:
+    """/metrics' review figures: every queue (as an admin sees them) and the verdicts."""
+    review = await live_review(st)
+    queues = await queue_views(st, review, None)
+    return ReviewFamilies(queues, rules.verdict_rows(await store(st).feedback()))
 
 
 @router.post("/v1/review/claim")
@@ -132,6 +148,7 @@ async def resolve(
             feedback += rules.feedback_fields(item, body.action)
     else:
         feedback += rules.feedback_fields(item, body.action)
+    feedback.append(rules.verdict_field(item, body.action))
     result = await s.resolve(post_id, who.name, verdict, feedback)
     if result == "missing":
         return not_found("post_id", f"no review item for post {post_id!r}")
@@ -143,6 +160,42 @@ async def resolve(
                          "(not claimed, claimed by another reviewer, or the lease expired)",
                          "not_leased")  # fmt: skip
     return {"post_id": post_id, "verdict": verdict, "final_action": body.action}
+
+
+@router.get("/v1/review/items/{post_id}/context", responses={
+    403: documented("your pool does not read the post's language"),
+    404: documented("no review item for this post")})
+async def context(
+    post_id: str = Path(pattern=POST_ID), limit: int = Query(10, ge=1, le=50),
+    st: AppState = Depends(get_state), who: Principal = REVIEW,
+) -> Any:  # fmt: skip
+    """What a reviewer reads beside an item: the post's language as detected (script,
+    confidence, mixed segments) and its author's latest posts (newest first, up to `limit`,
+    this one left out), each with its automated and final action, language, review state
+    and, where Floodgate keeps it (posts with a review item), its text. Recent posts are
+    those the live policy counts per author (its longest `author_posts` window)."""
+    _, languages = await _languages(st, who)
+    if languages is not None and not languages:
+        return _not_a_reviewer(who)
+    s = store(st)
+    item = await s.item(post_id)
+    if item is None:
+        return not_found("post_id", f"no review item for post {post_id!r}")
+    if not rules.visible(rules.queue_name(item.get("language", "und"), ""), languages):
+        return one_error(403, "forbidden", "post_id", "your pool does not read the language "
+                         f"of {post_id!r}", "language_not_read")  # fmt: skip
+    [decision] = await st.reader.decisions([post_id])
+    author = (item.get("author") or {}).get("id")
+    recent = [(p, at) for p, at in (await st.reader.author_posts(author, limit + 1) if author else [])
+              if p != post_id][:limit]  # fmt: skip
+    ids = [p for p, _ in recent]
+    decisions, items = await st.reader.decisions(ids), await s.items(ids)
+    return {
+        "post_id": post_id, "language": (decision or {}).get("language"),
+        "author": item.get("author") or None,
+        "recent_posts": [rules.recent_post(p, at, d, i)
+                         for (p, at), d, i in zip(recent, decisions, items, strict=True)],
+    }  # fmt: skip
 
 
 @router.post("/v1/posts/{post_id}/appeal", status_code=202, responses={
