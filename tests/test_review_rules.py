@@ -277,3 +277,33 @@ def test_review_errors_point_at_their_line(edit, line, message):
     errors = exc.value.errors
     assert any(message in e for e in errors), errors
     assert any(e.startswith(f"p.yaml:{line}:") and message in e for e in errors), errors
+
+
+def test_verdict_counters_are_their_own_rows():
+    item = {"language": "en", "kind": "appeal", "rules": ["r1"], "categories": []}
+    assert rules.verdict_field(item, "allow") == "verdict|en|appeal|allow"
+    assert rules.verdict_field({}, "remove") == "verdict|und|review|remove"
+    counts = {"verdict|en|review|remove": "3", "verdict|en|appeal|allow": "1",
+              "rule|r1|en|judged": "3", "rule|r1|en|confirmed": "3"}  # fmt: skip
+    assert rules.verdict_rows(counts) == [
+        {"language": "en", "kind": "appeal", "action": "allow", "count": 1},
+        {"language": "en", "kind": "review", "action": "remove", "count": 3},
+    ]  # fmt: skip
+    out = rules.precision_rows(counts)  # verdict counters are no rule or category
+    assert [r["name"] for r in out["rules"]] == ["r1"] and out["categories"] == []
+    assert rules.summary(counts, {})["verdicts"] == rules.verdict_rows(counts)
+
+
+def test_recent_post_shows_the_human_action_on_top():
+    decision = {"post_id": "p1", "action": "review", "language": {"code": "en", "script": "Latn"}}
+    item = {"language": "en", "state": "resolved", "kind": "review", "text": "hi there",
+            "verdict": {"action": "remove"}}  # fmt: skip
+    row = rules.recent_post("p1", 1_000, decision, item)
+    assert row == {"post_id": "p1", "at_ms": 1_000, "status": "decided", "action": "review",
+                   "final_action": "remove", "language": "en", "review_state": "resolved",
+                   "text": "hi there"}  # fmt: skip
+    allowed = rules.recent_post("p2", 2_000, {"post_id": "p2", "action": "allow",
+                                              "language": {"code": "zh"}}, None)  # fmt: skip
+    assert (allowed["final_action"], allowed["text"], allowed["review_state"]) == ("allow", None, None)
+    pending = rules.recent_post("p3", 3_000, None, None)
+    assert pending["status"] == "undecided" and pending["action"] is None
