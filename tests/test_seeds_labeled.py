@@ -59,6 +59,7 @@ REQUIRED = {
     "benign_banter.en",
     "sexual_vulgar.zh",
     "scam_spam_blackmarket.zh",
+    "benign_commerce.zh",
 }
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
