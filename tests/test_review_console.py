@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.api.metrics import ReviewFamilies
@@ -39,8 +40,8 @@ review_service = live.review_service  # the fixture: API + worker on a policy wi
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
+    # a loaded CI machine answers slowly: bounded waits, never timed assertions
+    expect.set_options(timeout=30_000)
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield chromium
@@ -52,6 +53,7 @@ class Console:
 
     def __init__(self, browser, url: str) -> None:
         self.context = browser.new_context()
+        self.context.set_default_timeout(30_000)
         self.page = self.context.new_page()
         self.requests: list[str] = []
         self.logged: list[str] = []
@@ -100,8 +102,6 @@ def test_claim_read_and_resolve_with_one_key_press(review_service, console):
     decisions = submit_review_posts(svc)
     tab = console(svc.api.url)
     page = tab.page
-    from playwright.sync_api import expect
-
     tab.use_key(svc.tokens["alice"])
     expect(page.locator("#who")).to_have_text("reviewer alice · reads en")
     row = page.locator("#queues tbody tr[data-queue='en/general']")
@@ -158,8 +158,6 @@ def test_keys_that_may_not_review_are_refused_in_the_page(review_service, consol
     svc = review_service
     tab = console(svc.api.url)
     page = tab.page
-    from playwright.sync_api import expect
-
     error = page.locator("#error")
     expect(error).to_contain_text("401 unauthorized")  # closed API, no key yet
     expect(error).to_contain_text("enter an API key")
@@ -182,8 +180,6 @@ def test_keys_that_may_not_review_are_refused_in_the_page(review_service, consol
 @needs_chromium
 def test_open_local_mode_needs_no_key(api, console):
     tab = console(api.url)
-    from playwright.sync_api import expect
-
     expect(tab.page.locator("#who")).to_have_text("reviewer (open) · reads every language")
     # the default policy's declared queues, shown while empty
     expect(tab.page.locator("#queues tbody tr[data-queue='en/general']")).to_have_count(1)
