@@ -121,3 +121,13 @@ def test_set_thresholds_rewrites_the_policy_and_it_still_loads(tmp_path: Path):
     assert [ln for ln in out.splitlines() if ln not in added] == text.splitlines()
     with pytest.raises(ValueError, match="no_such"):
         set_thresholds(text, {"no_such": {"en": 0.5}})
+
+
+def test_cli_refuses_an_unknown_split():
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(app, ["policy", "tune", str(DEFAULT), "--split", "train"])
+    assert result.exit_code == 2
+    assert "--split must be calibration or test" in result.output

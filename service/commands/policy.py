@@ -163,3 +163,45 @@ def policy_schema() -> None:
     from service.policy import policy_json_schema
 
     typer.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+@app.command("tune")
+def policy_tune(
+    policy: Path,
+    split: str = typer.Option(
+        "calibration", help="the training data's split to tune on: calibration (or test, to measure)"
+    ),
+    cap: int = typer.Option(1000, help="rows read per dataset and label set, as `model train`"),
+    min_positives: int = typer.Option(20, help="cells with fewer positives keep their threshold"),
+    write: bool = typer.Option(False, help="write the thresholds into POLICY (else only print)"),
+    as_json: Path = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Per category x language thresholds from the policy's own decisions on labelled data:
+    the best F1 of 'caught by a rule on the category' (end to end, through pipeline.judge)."""
+    from service.backtest.scoring import as_policy, open_cache, score_posts
+    from service.backtest.tuning import decision_table, set_thresholds, split_posts, tune
+    from service.policy import PolicyError, load_policy
+
+    if split not in ("calibration", "test"):
+        exit_with([f"error: --split must be calibration or test, not {split!r}"], 2)
+    lp = as_policy(policy)
+    posts, known = split_posts(split, cap or None)
+    scored = score_posts(posts, lp, open_cache(None, None))
+    result = tune(scored, lp, known, min_positives=min_positives)
+    for r in result["rows"]:
+        b, a = r["before"], r["after"]
+        typer.echo(f"{r['category']:>10} {r['language']}  positives {r['positives']:>4}  "
+                   f"threshold {r['threshold']:.3f} -> {r['tuned']:.3f}  "
+                   f"P/R/F1 {b['precision']}/{b['recall']}/{b['f1']} -> "
+                   f"{a['precision']}/{a['recall']}/{a['f1']}  ({r['reason']})")  # fmt: skip
+    if as_json:
+        rows = decision_table(scored, lp, known)
+        as_json.write_text(json.dumps({**result, "decisions_before": rows}, indent=1) + "\n")
+    if write and result["thresholds"]:
+        text = set_thresholds(policy.read_text("utf-8"), result["thresholds"])
+        policy.write_text(text, "utf-8")
+        try:
+            load_policy(policy)
+        except PolicyError as exc:
+            exit_with([f"error: {policy} no longer loads after writing thresholds: {exc}"], 1)
+        typer.echo(f"wrote thresholds for {len(result['thresholds'])} categories into {policy}")
