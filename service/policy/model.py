@@ -216,13 +216,20 @@ class LanguageMix(_Strict):
         return self
 
 
-def _no_nulls(model: BaseModel) -> None:
-    nulls = sorted(n for n in model.model_fields_set if getattr(model, n) is None)
-    if nulls:
-        raise ValueError(f"keys without a value: {', '.join(nulls)}")
+class _Change(_Strict):
+    """A profile's change to one part of the policy: at least one key, none of them null."""
+
+    @model_validator(mode="after")
+    def _set(self) -> _Change:
+        if not self.model_fields_set:
+            raise ValueError("empty change: name what the profile changes")
+        nulls = sorted(n for n in self.model_fields_set if getattr(self, n) is None)
+        if nulls:
+            raise ValueError(f"keys without a value: {', '.join(nulls)}")
+        return self
 
 
-class RuleChange(_Strict):
+class RuleChange(_Change):
     """What a profile changes in one rule; keys left out keep the rule's own."""
 
     action: Action | None = None
@@ -232,28 +239,14 @@ class RuleChange(_Strict):
     markets: list[str] | None = None
     enabled: bool = True  # false: the rule does not apply under the profile
 
-    @model_validator(mode="after")
-    def _set(self) -> RuleChange:
-        if not self.model_fields_set:
-            raise ValueError("empty change: name what the profile changes")
-        _no_nulls(self)
-        return self
 
-
-class CategoryChange(_Strict):
+class CategoryChange(_Change):
     """A profile's thresholds for one category (per-language ones are merged)."""
 
     threshold: float | None = Field(default=None, ge=0, le=1)
     thresholds: dict[
         Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]
     ] = {}
-
-    @model_validator(mode="after")
-    def _set(self) -> CategoryChange:
-        if not self.model_fields_set:
-            raise ValueError("empty change: name a threshold or thresholds")
-        _no_nulls(self)
-        return self
 
 
 class Profile(_Strict):
