@@ -220,6 +220,30 @@ def test_the_console_files_are_package_data():
     assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), (files, patterns)
 
 
+def test_the_context_of_an_item(review_service):
+    """GET /v1/review/items/{id}/context, which the console shows beside an item."""
+    svc = review_service
+    decisions = submit_review_posts(svc)
+    r = svc.http("alice").get("/v1/review/items/en-1/context")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["language"] == decisions["en-1"]["language"]
+    assert body["author"] == {"id": "a1", "followers": 50_000}
+    recent = {p["post_id"]: p for p in body["recent_posts"]}
+    assert list(recent) == ["en-2", "a1-0"]  # newest first, the item itself left out
+    assert recent["en-2"]["text"] == EN2 and recent["en-2"]["review_state"] == "queued"
+    assert recent["a1-0"]["text"] is None  # allowed posts' texts are not kept
+    assert recent["a1-0"]["final_action"] == decisions["a1-0"]["action"]
+    assert [p["post_id"] for p in svc.http("alice").get(
+        "/v1/review/items/en-1/context", params={"limit": 1}).json()["recent_posts"]] == ["en-2"]  # fmt: skip
+    r = svc.http("li").get("/v1/review/items/en-1/context")  # li reads Chinese only
+    assert r.status_code == 403 and r.json()["detail"][0]["type"] == "language_not_read"
+    r = svc.http("ops").get("/v1/review/items/en-1/context", params={"limit": 0})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "query.limit", r.text
+    r = svc.http("ops").get("/v1/review/items/a1-0/context")  # allowed: no review item
+    assert r.status_code == 404 and r.json()["detail"][0]["field"] == "post_id"
+
+
 def test_review_figures_in_metrics(review_service):
     svc = review_service
     submit_review_posts(svc)
