@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.language import _st_tables, han_script
+from service.language import han_script
+from service.language.scripts import st_tables
 from service.policy import load_policy
 from service.replay import (
     DEFAULT_SCENARIO,
@@ -398,7 +399,7 @@ def test_spam_bursts_are_near_duplicates_from_one_account(stream):
 
 
 def test_zh_hant_posts_are_traditional_and_zh_hans_simplified(stream):
-    _, trad_only = _st_tables()
+    _, trad_only = st_tables()
     hant = [p.post["text"] for p in stream if p.truth["language"] == "zh-Hant"]
     hans = [p.post["text"] for p in stream if p.truth["language"] == "zh-Hans"]
     assert len(hant) > 200 and len(hans) > 2000

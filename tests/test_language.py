@@ -13,11 +13,13 @@ from service.language import (
     HAN_WEIGHT,
     LanguageResult,
     Segment,
+    backends,
     char_script,
     detect,
     detect_batch,
     get_detector,
     han_script,
+    scripts,
 )
 
 MIXED = "hello everyone 大家好 I'm from Texas 很高兴认识你们"
@@ -173,7 +175,7 @@ def test_mixed_segments_merge_adjacent_runs_of_one_language() -> None:
     ],
 )
 def test_mask_keeps_offsets_and_stops_at_chinese(text: str, masked: str) -> None:
-    out, _only_tags = language._mask(text)
+    out, _only_tags = scripts.mask(text)
     assert out == masked
     assert len(out) == len(text)
 
@@ -368,10 +370,10 @@ def test_fasttext_uses_bundled_model_without_network(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(infer.ModelDownloader, "download", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    language._fasttext_lite.cache_clear()
+    backends.fasttext_lite.cache_clear()
     try:
-        det = language._fasttext_lite()
+        det = backends.fasttext_lite()
         assert det.config.custom_model_path == str(infer._LOCAL_SMALL_MODEL_PATH)
         assert det.detect("Where is the train station?", model="lite")[0]["lang"] == "en"
     finally:
-        language._fasttext_lite.cache_clear()
+        backends.fasttext_lite.cache_clear()

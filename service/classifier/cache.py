@@ -9,7 +9,7 @@ finished batches and never leaves a half-written row; the next run resumes.
 
 Language detection does not depend on the policy either: ``detect`` caches
 ``language.detect_batch`` results in ``<directory>/language.sqlite``, keyed by the text, the
-hint and a fingerprint of the detector's source (an edit to ``service/language.py`` starts a
+hint and a fingerprint of the detector's source (an edit to ``service/language/`` starts a
 fresh cache instead of serving stale answers).
 
 The cache is an ``Embedder`` like the ``Encoder`` (``version``, ``embed(texts, prefix=...)``),
@@ -42,8 +42,10 @@ def _sha1(text: str) -> str:
 
 
 def detector_version() -> str:
-    """Fingerprint of the language detector: its source file and lingua's version."""
-    h = hashlib.sha1(Path(_language.__file__).read_bytes())
+    """Fingerprint of the language detector: its source files and lingua's version."""
+    h = hashlib.sha1()
+    for source in sorted(Path(_language.__file__).parent.glob("*.py")):
+        h.update(source.read_bytes())
     try:
         from importlib.metadata import version
 
