@@ -9,7 +9,8 @@
 It honours backpressure the way the API asks: posts refused because the backlog is full
 (429, or `backlog_full` items in a batch) and 503s are sent again after `Retry-After`, up to
 `retries` times; every other answer is returned or raised as `FloodgateError` with the API's
-one error shape. `floodgate replay` sends its posts through `AsyncFloodgate.submit_batch`.
+one error shape. `floodgate replay` sends its posts through `AsyncFloodgate.submit_batch`
+and its simulated reviewers claim and resolve through `AsyncFloodgate.claim` / `resolve`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,20 @@ def _body(r: httpx.Response) -> Any:
         return r.json()
     except ValueError:
         return r.text
+
+
+def _settle(r: httpx.Response, ok: tuple[int, ...], attempt: int, retries: int) -> bool:
+    """True: the answer is one of ``ok``; False: a 429/503 to retry after Retry-After;
+    raises FloodgateError for any other answer, or when the retries are spent."""
+    if r.status_code in ok:
+        return True
+    if r.status_code not in RETRYABLE or attempt == retries:
+        raise FloodgateError(r.status_code, _body(r))
+    return False
+
+
+def _claim_body(count: int, queue: str | None) -> dict:
+    return {"count": count, **({"queue": queue} if queue else {})}
 
 
 def _split(posts: list[dict], r: httpx.Response, out: BatchOutcome) -> list[dict]:
@@ -120,11 +135,49 @@ class AsyncFloodgate:
         out.refused = [p.get("post_id", "") for p in todo]
         return out
 
+    async def _call(self, method: str, path: str, ok: tuple[int, ...], **kw: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            r = await self.http.request(method, path, **kw)
+            if _settle(r, ok, attempt, self.retries):
+                return r
+            await asyncio.sleep(retry_after(r))
+        raise AssertionError("unreachable")
+
     async def moderate(self, post: dict) -> dict:
         r = await self.http.post("/v1/moderate", json=post)
         if r.status_code != 200:
             raise FloodgateError(r.status_code, _body(r))
         return r.json()
+
+    async def decision(self, post_id: str) -> dict | None:
+        """The decision (with the human side merged in), None while it is pending."""
+        r = await self._call("GET", f"/v1/posts/{post_id}/decision", (200, 202))
+        return r.json() if r.status_code == 200 else None
+
+    async def policy(self) -> dict:
+        """GET /v1/policy: the live (and shadow) policy's name and version."""
+        return (await self._call("GET", "/v1/policy", (200,))).json()
+
+    async def policy_version(self, version: str) -> dict:
+        """The bundle of a policy version that has been live (admin): its YAML and includes."""
+        return (await self._call("GET", f"/v1/policy/versions/{version}", (200,))).json()
+
+    async def review_queues(self) -> dict:
+        """GET /v1/review/queues: the queues this key may see, with depth, expected wait, SLA."""
+        return (await self._call("GET", "/v1/review/queues", (200,))).json()
+
+    async def claim(self, count: int = 1, queue: str | None = None) -> dict:
+        r = await self._call("POST", "/v1/review/claim", (200,), json=_claim_body(count, queue))
+        return r.json()
+
+    async def resolve(self, post_id: str, action: str, reason: str) -> dict:
+        r = await self._call("POST", f"/v1/review/items/{post_id}/resolve", (200,),
+                             json={"action": action, "reason": reason})  # fmt: skip
+        return r.json()
+
+    async def review_report(self) -> dict:
+        """GET /v1/review/report: measured precision per rule, category and language."""
+        return (await self._call("GET", "/v1/review/report", (200,))).json()
 
 
 class Floodgate:
@@ -144,10 +197,8 @@ class Floodgate:
     def _call(self, method: str, path: str, ok: tuple[int, ...], **kw: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
             r = self.http.request(method, path, **kw)
-            if r.status_code in ok:
+            if _settle(r, ok, attempt, self.retries):
                 return r
-            if r.status_code not in RETRYABLE or attempt == self.retries:
-                raise FloodgateError(r.status_code, _body(r))
             time.sleep(retry_after(r))
         raise AssertionError("unreachable")
 
@@ -188,8 +239,7 @@ class Floodgate:
         return self._call("POST", "/v1/moderations", (200,), json={"input": texts}).json()
 
     def claim(self, count: int = 1, queue: str | None = None) -> dict:
-        body = {"count": count, **({"queue": queue} if queue else {})}
-        return self._call("POST", "/v1/review/claim", (200,), json=body).json()
+        return self._call("POST", "/v1/review/claim", (200,), json=_claim_body(count, queue)).json()
 
     def resolve(self, post_id: str, action: str, reason: str) -> dict:
         return self._call("POST", f"/v1/review/items/{post_id}/resolve", (200,),

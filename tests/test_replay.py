@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from service.replay import load_scenario
@@ -26,9 +29,12 @@ from service.replay.metrics import (
     review_verdict,
     simulate_backlog,
 )
+from service.replay.review_figures import human_demand
+from service.replay.reviewers import scenario_pools, serving_order, verdict_for, write_policy
 from service.replay.runner import RunData, resolve_scenario
 
 SMOKE = resolve_scenario("smoke")
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 
 # --------------------------------------------------------------------------- percentiles
 
@@ -233,10 +239,10 @@ def test_short_real_replay_is_exactly_once_and_writes_the_report(service, tmp_pa
     assert sum(report["totals"]["decisions_by_action"].values()) == acc["decided"]
     assert sum(report["totals"]["sent_by_language"].values()) == s["sent"]
     for name in ("input_rate.png", "queue.png", "latency.png", "actions.png",
-                 "review_backlog.png"):  # fmt: skip
+                 "review_queues.png", "review_flow.png"):  # fmt: skip
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6
     assert "0 lost, 0 duplicated" in page
     # the gate on this run's figures: a condition that never holds passes, one that always
     # holds fails and is named
@@ -244,3 +250,141 @@ def test_short_real_replay_is_exactly_once_and_writes_the_report(service, tmp_pa
     assert _gate(parse_fail_if("p99_ms<0"), metrics) == 0
     assert _gate(parse_fail_if("p99_ms>=0,lost>0"), metrics) == 1
     assert evaluate_fail_if(parse_fail_if("p99_ms>=0,lost>0"), metrics)[0].startswith("p99_ms>=0")
+
+
+# --------------------------------------------------------------------------- simulated reviewers
+
+
+def test_reviewers_verdict_follows_the_ground_truth_and_the_policy_severity():
+    severity = {"self_harm": "severe", "drugs": "high", "scam_spam": "medium"}
+    assert verdict_for({"kind": "pet", "categories": []}, severity)[0] == "allow"
+    assert verdict_for({"kind": "drug_ad", "categories": ["drugs"]}, severity)[0] == "remove"
+    assert verdict_for({"kind": "scam", "categories": ["scam_spam"]}, severity)[0] == "limit_reach"
+    # an unlisted category takes the default severity; the worst category decides
+    assert verdict_for({"kind": "hate", "categories": ["hate"]}, severity, "high")[0] == "remove"
+    both = verdict_for({"kind": "x", "categories": ["scam_spam", "self_harm"]}, severity)
+    assert both[0] == "remove" and "self_harm" in both[1] and "severe" in both[1]
+
+
+def test_reviewers_serve_the_queue_nearest_its_sla_and_pools_follow_the_capacity():
+    queues = [
+        {"queue": "en/general", "language": "en", "waiting": 3, "expected_wait_s": 3600, "sla_s": 14400},
+        {"queue": "en/self_harm", "language": "en", "waiting": 1, "expected_wait_s": 1800, "sla_s": 3600},
+        {"queue": "en/appeal", "language": "en", "waiting": 0, "expected_wait_s": 0, "sla_s": 86400},
+        {"queue": "zh/general", "language": "zh", "waiting": 9, "expected_wait_s": 1, "sla_s": 14400},
+    ]  # fmt: skip
+    assert serving_order(queues, "en") == ["en/self_harm", "en/general"]
+    assert serving_order(queues, "ja") == []
+    pools = scenario_pools({"zh": 40.0, "en": 0.5, "other": 3.0, "ko": 0.0, "ja": 25_000.0})
+    assert pools == {
+        "replay_en": {"reviewers": 1, "items_per_hour": 0.5, "languages": ["en"]},
+        "replay_ja": {"reviewers": 3, "items_per_hour": 25_000 / 3, "languages": ["ja"]},
+        "replay_zh": {"reviewers": 1, "items_per_hour": 40.0, "languages": ["zh"]},
+    }
+
+
+def test_replay_policy_keeps_the_rules_and_swaps_the_pools(tmp_path: Path):
+    from service.policy import load_policy
+
+    pools = scenario_pools({"zh": 40.0, "en": 0.5})
+    path = write_policy(DEFAULT_POLICY, pools, tmp_path)
+    base, served = load_policy(DEFAULT_POLICY), load_policy(path)
+    assert [r.id for r in served.policy.rules] == [r.id for r in base.policy.rules]
+    assert served.includes == base.includes
+    assert set(served.policy.review.pools) == {"replay_en", "replay_zh"}
+    assert served.policy.review.reviewers == {}
+    assert served.policy.review.queues == base.policy.review.queues
+
+
+def test_human_demand_counts_the_fallback_and_rules_pending_review():
+    assert human_demand({"action": "review", "review": {"queue": "en/general"}}) == "queued"
+    assert human_demand({"action": "limit_reach", "labels": ["pending_review"],
+                         "review": {"queue": "en/general", "fallback": "limit_reach"}}) == "overflowed"
+    assert human_demand({"action": "limit_reach", "labels": ["pending_english_review"]}) == "limited_pending"
+    assert human_demand({"action": "limit_reach", "labels": ["new_account_promo"]}) is None
+    assert human_demand({"action": "allow", "labels": []}) is None
+
+
+def hourly_scenario(tmp_path: Path, en_per_hour: float) -> Path:
+    """smoke.yaml with scenario hours where it has seconds, replayed an hour a second (the
+    same posts at the same wall times): review capacities per scenario hour then matter."""
+    text = SMOKE.read_text("utf-8")
+    text = re.sub(r"(duration: \d+)s", r"\1h", text).replace("/s", "/h")
+    text = text.replace("gap: [0.2s, 1s]", "gap: [0.2h, 1h]").replace("time_scale: 1\n", "time_scale: 1h/1s\n")
+    text = re.sub(r"review_capacity:\n(  .*\n)+", f"review_capacity:\n  zh: 600/h\n  en: {en_per_hour}/h\n", text)
+    text = text.replace("corpus: ../corpus", f"corpus: {SMOKE.parent.parent / 'corpus'}")
+    path = tmp_path / "hourly.yaml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def english_review_policy(tmp_path: Path, en_per_hour: float) -> Path:
+    """The default policy with every English post sent to review and a tiny English pool
+    (admission limit: en/general holds 4 items, en/self_harm 1)."""
+    path = write_policy(DEFAULT_POLICY, scenario_pools({"zh": 600.0, "en": en_per_hour}), tmp_path)
+    doc = yaml.safe_load(path.read_text("utf-8"))
+    doc["rules"].append({"id": "test-english-review", "when": {"language": ["en"]},
+                         "action": "review"})  # fmt: skip
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), "utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_replay_drives_the_review_queues_and_english_overflows(redis_url, model_dir, moderator,
+                                                                tmp_path: Path):  # fmt: skip
+    """Simulated reviewers claim and resolve the real queues through the API; with one English
+    review an hour (scenario time), English overflows into the fallback and nothing is lost."""
+    from service.cli import app
+    from service.policy import load_policy
+    from tests.conftest import LiveServer, WorkerThread, make_settings
+
+    policy = english_review_policy(tmp_path / "policy", 1.0)
+    settings = make_settings(redis_url, model_dir, policy_path=policy)
+    moderator.use_policy(load_policy(policy))
+    out = tmp_path / "report"
+    try:
+        with LiveServer(settings) as api, WorkerThread(settings, moderator):
+            result = CliRunner().invoke(app, [
+                "replay", str(hourly_scenario(tmp_path, 1.0)), "--target", api.url,
+                "--rate-scale", "0.5", "--out", str(out), "--no-progress",
+                "--drain-timeout", "90", "--fail-if", "lost>0,duplicates>0,review_unaccounted>0",
+            ])  # fmt: skip
+            assert result.exit_code == 0, result.output
+            report = json.loads((out / "report.json").read_text())
+            # each verdict is the ground truth's, and the post's decision shows it on top
+            verdicts = report["review_service"]["verdicts"]
+            for v in verdicts[:5]:
+                d = httpx.get(f"{api.url}/v1/posts/{v['post_id']}/decision", timeout=10).json()
+                assert d["final_action"] == v["action"] and d["review"]["state"] == "resolved"
+                assert d["review"]["verdict"]["reason"].startswith("ground truth: ")
+    finally:  # the moderator is shared by the whole session
+        moderator.use_policy(load_policy(DEFAULT_POLICY))
+    acc, en, zh = report["accounting"], report["review"]["en"], report["review"]["zh"]
+    assert acc["lost"] == 0 and acc["decided"] == acc["accepted"] > 30
+    assert en["capacity_source"] == "service" and en["capacity_per_scenario_h"] == 1.0
+    # English: more demand than one review an hour: the fallback limited some pending review
+    assert en["demand"] == en["queued"] + en["overflowed"] + en["limited_pending"]
+    assert en["overflowed"] > 0 and en["fallback_actions"].get("limit_reach", 0) > 0
+    assert en["overflow_periods"] and en["overflow_at_s"] is not None
+    assert sum(p["limited"] for p in en["overflow_periods"]) <= en["overflowed"]
+    # the reviewers worked: resolved no more than was queued, the rest still queued
+    assert 0 < en["resolved"] <= en["queued"]
+    assert en["unaccounted"] == 0
+    assert en["resolved"] + sum(en["unresolved"].values()) == en["queued"]
+    assert set(en["unresolved"]) <= {"queued", "in_review"}
+    t = en["time_to_human_decision"]
+    assert t["count"] == en["resolved"] and 0 < t["p50_s"] <= t["p99_s"]
+    assert 0 <= en["within_sla"] <= 1
+    assert en["max_depth"] <= 5  # en/general holds 4, en/self_harm 1 (+ those in review)
+    # the service's own counters agree with the decisions the replay read
+    counts = report["review_service"]["report"]["queues"]
+    en_queues = {q: c for q, c in counts.items() if q.startswith("en/")}
+    assert sum(c["enqueued"] for c in en_queues.values()) == en["queued"]
+    assert sum(c["overflowed"] for c in en_queues.values()) == en["overflowed"]
+    assert sum(c["resolved"] for c in en_queues.values()) == en["resolved"]
+    assert len(verdicts) == en["resolved"] + zh["resolved"] + report["review"]["other"]["resolved"]
+    assert verdicts and all((v["action"] == "allow") == (not v["truth_categories"]) for v in verdicts)
+    judged = sum(r["judged"] for r in en["precision"]["rules"] if r["name"] == "test-english-review")
+    assert judged == en["resolved"]
+    page = (out / "report.html").read_text()
+    assert "Human review" in page and "limited by the fallback" in page

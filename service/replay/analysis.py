@@ -22,10 +22,8 @@ from service.replay.metrics import (
     moving_average,
     percentile,
     quality,
-    review_queue_for,
-    review_verdict,
-    simulate_backlog,
 )
+from service.replay.review_figures import review_figures
 from service.replay.runner import RunData
 from service.replay.scenario import Scenario
 
@@ -73,13 +71,15 @@ def analyse(run: RunData, scenario: Scenario) -> dict[str, Any]:
     """Every figure of a run (JSON-ready)."""
     dec = _Decided.of(run)
     last_dec = max((d["decided_ts"] or 0 for d in dec.first.values()), default=0.0)
-    end = max(run.drain_end, run.send_end, last_dec, run.t0 + 1)
+    last_verdict = max((v["at_ms"] / 1000 for v in run.review.verdicts), default=0.0)
+    last_sample = run.review.samples[-1][0] if run.review.samples else 0.0
+    end = max(run.drain_end, run.send_end, last_dec, last_verdict, last_sample, run.t0 + 1)
     clock = _Clock(run.t0, max(int(math.ceil(end - run.t0)) + 1, 1))
     flow = _flow(run, clock, dec)
     stats = _stats_series(run, clock)
     ts_scale = run.time_scale
     rate_scale = float(run.options.get("rate_scale") or 1.0)
-    review = _review(run, scenario, clock, dec, rate_scale)
+    review = review_figures(run, scenario, clock, dec.first, dec.at, rate_scale)
 
     acc = account(run.accepted, [d["post_id"] for _, d in run.decisions])
     # no decision in the feed: still queued when the drain timed out, dead-lettered, or lost
@@ -122,6 +122,11 @@ def analyse(run: RunData, scenario: Scenario) -> dict[str, Any]:
                        "drained": run.drained, "resubmitted": run.resubmitted,
                        "refused_then_resent": run.refused},  # fmt: skip
         "review": review,
+        "review_service": {"report": run.review.service_report,
+                           "foreign_items": run.review.foreign,
+                           "policy_declares_review": run.review.policy_review,
+                           "pools": run.options.get("review_pools"),
+                           "verdicts": run.review.verdicts},  # fmt: skip
         "quality": quality(pairs, CATEGORIES),
         "totals": _totals(run, flow),
         "series": _series(clock, flow, stats),
@@ -182,34 +187,6 @@ def _stats_series(run: RunData, clock: _Clock) -> dict[str, list]:
         rejected[clock.sec(run.sent[pid][1])] += 1
     return {"stream_length": length, "stream_pending": pending, "lag_ms": lag,
             "errors": errors, "rejected": rejected}  # fmt: skip
-
-
-def _review(run: RunData, scenario: Scenario, clock: _Clock, dec: _Decided,
-            rate_scale: float) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Review queues per detected language, against the scenario's reviewers."""
-    ts_scale = run.time_scale
-    caps = {q: scenario.review_capacity_per_hour(q, rate_scale) / 3600.0 * ts_scale
-            for q in sorted(set(scenario.review_capacity) | {"other"})}  # fmt: skip
-    arrivals: dict[str, list[int]] = {q: clock.zeros() for q in caps}
-    for pid, d in dec.first.items():
-        if d["action"] == "review":
-            q = review_queue_for(d["language"], caps)
-            arrivals[q][clock.sec(dec.at(pid))] += 1
-    hour_wall = 3600.0 / ts_scale  # one scenario hour in wall seconds
-    verdicts = {q: review_verdict(q, arrivals[q], caps[q], hour_wall) for q in caps}
-    return {
-        q: {
-            "capacity_per_wall_s": caps[q],
-            "capacity_per_scenario_h": scenario.review_capacity_per_hour(q, rate_scale),
-            **{k: v for k, v in vars(verdicts[q]).items() if k not in ("queue", "arrivals")},
-            "queued": int(verdicts[q].arrivals),
-            "arrivals": arrivals[q],
-            "backlog": [round(x, 3) for x in simulate_backlog(arrivals[q], caps[q])],
-            "clear_scenario_h": (None if math.isinf(verdicts[q].clear_s)
-                                 else round(verdicts[q].clear_s / hour_wall, 2)),
-        }
-        for q in caps
-    }  # fmt: skip
 
 
 def _totals(run: RunData, flow: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +252,7 @@ def _summary(run: RunData, n, sent_total, decided_total, lat, length, lag, laten
     active = [t for t, _ in run.decisions]
     last = max((d["decided_ts"] or t for t, d in run.decisions), default=run.send_end)
     overflow = {q: r["overflow_at_s"] for q, r in review.items() if r["overflow_at_s"] is not None}
+    depths = [r["max_depth"] for r in review.values() if r["max_depth"] is not None]
     return {
         "sent": sent,
         "accepted": acc.accepted,
@@ -308,7 +286,11 @@ def _summary(run: RunData, n, sent_total, decided_total, lat, length, lag, laten
         "p99_ms": _r(percentile(latencies, 99)),
         "max_ms": _r(max(latencies)) if latencies else None,
         "review_overflow_at_s": overflow,
-        "max_review_backlog": max((r["peak"] for r in review.values()), default=0.0),
+        "max_review_backlog": max(depths, default=0),
+        "review_demand": sum(r["demand"] for r in review.values()),
+        "review_overflowed": sum(r["overflowed"] for r in review.values()),
+        "review_resolved": sum(r["resolved"] for r in review.values()),
+        "review_unaccounted": sum(r["unaccounted"] for r in review.values()),
         "phase_at_s": {p["name"]: round(p["start_s"], 1) for p in phases},
     }
 
@@ -317,7 +299,7 @@ def fail_if_metrics(report: dict) -> dict[str, float | None]:
     s = report["summary"]
     keys = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "lost", "duplicates", "errors", "rejected",
             "dead_letters", "max_queue", "max_lag_ms", "sent", "decided", "throughput",
-            "drain_s", "max_review_backlog", "undecided")  # fmt: skip
+            "drain_s", "max_review_backlog", "undecided", "review_unaccounted")  # fmt: skip
     return {k: s.get(k) for k in keys}
 
 
@@ -361,9 +343,11 @@ def compare(label_a: str, run_a: RunData, rep_a: dict, label_b: str, run_b: RunD
             "throughput": s["throughput"], "max_queue": s["max_queue"],
             "lost": s["lost"], "duplicates": s["duplicates"],
             "actions": rep["totals"]["decisions_by_action"],
-            "review": {q: {"queued": sum(r["arrivals"]), "peak": r["peak"], "final": r["final"],
-                           "overflow_at_s": r["overflow_at_s"],
-                           "clear_scenario_h": r["clear_scenario_h"]}
+            "review": {q: {"demand": r["demand"], "queued": r["queued"],
+                           "overflowed": r["overflowed"], "resolved": r["resolved"],
+                           "max_depth": r["max_depth"], "overflow_at_s": r["overflow_at_s"],
+                           "p99_scenario_h": r["time_to_human_decision"]["p99_scenario_h"],
+                           "peak": r["without_fallback"]["peak"]}
                        for q, r in rep["review"].items()},
         }  # fmt: skip
 

@@ -66,7 +66,8 @@ def find_capacity(base: Scenario, workers: list[int], step_s: float = 20.0,
 
             def step(rate: float, _svc=svc, _steps=steps, _w=w) -> bool:
                 sc = constant_scenario(base, rate, step_s)
-                opts = ReplayOptions(seed=seed, progress=False, drain_timeout=max(90, step_s * 4))
+                opts = ReplayOptions(seed=seed, progress=False, drain_timeout=max(90, step_s * 4),
+                                     reviewers=False)  # the workers' capacity, alone
                 run = asyncio.run(run_replay(sc, _svc.url, opts))
                 rep = analyse(run, sc)
                 s = rep["summary"]
@@ -88,7 +89,8 @@ def find_capacity(base: Scenario, workers: list[int], step_s: float = 20.0,
             # warm-up, not measured: the first posts of each language load lazily built
             # detector models; the whole base scenario, compressed, touches every language
             warm = asyncio.run(run_replay(base, svc.url, ReplayOptions(
-                seed=seed + 1000, rate_scale=2.0, time_scale=4.0, progress=False)))  # fmt: skip
+                seed=seed + 1000, rate_scale=2.0, time_scale=4.0, progress=False,
+                reviewers=False)))  # fmt: skip
             log(f"  workers={w} warm-up: {len(warm.accepted)} posts")
             _wait_empty(svc.url)
             lo, hi, rate = 0.0, None, start_rate

@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from service.config import get_settings
 from service.processes import EmbeddedService
 from service.replay import analysis, pages
 from service.replay.capacity import find_capacity as search
@@ -25,6 +26,7 @@ from service.replay.capacity import write_capacity
 from service.replay.kinds import ScenarioError
 from service.replay.metrics import FailIfError, evaluate_fail_if, parse_fail_if
 from service.replay.plots import plot_compare
+from service.replay.reviewers import scenario_pools, write_policy
 from service.replay.runner import ReplayOptions, load, run_replay
 from service.replay.scenario import parse_time_scale
 
@@ -41,16 +43,32 @@ def _print_summary(report: dict, page: Path) -> None:
 
 
 def _one(scenario, opts, *, target: str | None, workers: int, policy: Path | None,
-         log_dir: Path | None):  # fmt: skip
+         log_dir: Path):  # fmt: skip
     if target:
         run = asyncio.run(run_replay(scenario, target, opts))
         run.options["workers"] = "external"
     else:
-        with EmbeddedService(workers=workers, policy=policy, log_dir=log_dir) as svc:
+        served, pools = _sampled_reviewers(scenario, opts, policy, log_dir)
+        with EmbeddedService(workers=workers, policy=served, log_dir=log_dir) as svc:
             run = asyncio.run(run_replay(scenario, svc.url, opts))
         run.options["workers"] = workers
         run.options["policy_file"] = str(policy) if policy else None
+        run.options["review_pools"] = pools
     return run, analysis.analyse(run, scenario)
+
+
+def _sampled_reviewers(scenario, opts, policy: Path | None,
+                       out: Path) -> tuple[Path | None, dict | None]:  # fmt: skip
+    """The policy an embedded run serves: with the scenario's review capacity (a sample of
+    the platform's reviewers, at the run's rate scale) as its pools, when the scenario
+    declares one and reviewers work; the pools."""
+    if not (opts.reviewers and scenario.review_capacity):
+        return policy, None
+    caps = {code: scenario.review_capacity_per_hour(code, opts.rate_scale)
+            for code in scenario.review_capacity}  # fmt: skip
+    pools = scenario_pools(caps)
+    path = policy or get_settings().policy_path
+    return write_policy(Path(path), pools, out / "policy"), pools
 
 
 def main(*args: Any, **kwargs: Any) -> int:
@@ -78,7 +96,7 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
          compare: tuple[Path, Path] | None = None, find_capacity: bool = False,
          capacity_workers: str = "1,2", step_seconds: float = 20.0, start_rate: float = 8.0,
          progress: bool = True, drain_timeout: float = 120.0, max_in_flight: int = 8,
-         batch: int = 500) -> int:  # fmt: skip
+         batch: int = 500, reviewers: bool = True) -> int:  # fmt: skip
     try:
         conditions = parse_fail_if(fail_if)
     except FailIfError as exc:
@@ -124,7 +142,8 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
 
     opts = ReplayOptions(seed=seed, rate_scale=rate_scale or 1.0, time_scale=ts, duration=duration,
                          progress=progress, drain_timeout=drain_timeout,
-                         max_in_flight=max_in_flight, max_batch=batch)  # fmt: skip
+                         max_in_flight=max_in_flight, max_batch=batch,
+                         reviewers=reviewers)  # fmt: skip
     if compare:
         return _compare(sc, opts, tuple(Path(p) for p in compare), workers, out, conditions)
 

@@ -14,9 +14,10 @@ Definitions used in every report (report.html states them too):
   or through a keyword list whose name starts like c (``gambling_terms`` -> gambling,
   ``drug_terms`` -> drugs, ``scam_contact`` -> scam_spam). Ground truth: the categories
   the generator attached to the post (``KIND_CATEGORIES``).
-* review backlog per language: each wall second, the decisions with action ``review``
-  whose detected language code maps to that queue arrive; reviewers drain
-  ``capacity_per_s`` reviews per wall second (a fluid queue, never negative).
+* review backlog without the fallback, per language: each wall second the posts that wait
+  for a human (queued for review, or limited by the fallback pending review) whose detected
+  language code maps to that queue arrive; reviewers drain ``capacity_per_s`` reviews per
+  wall second (a fluid queue, never negative). The real queues are in ``review_figures``.
 """
 
 from __future__ import annotations
@@ -257,7 +258,8 @@ FAIL_IF_METRICS = {
     "decided": "posts decided",
     "throughput": "decisions per second over the run",
     "drain_s": "seconds from the last send until every post was decided",
-    "max_review_backlog": "largest simulated review backlog of any language",
+    "max_review_backlog": "largest review queue depth of any language (waiting + in review)",
+    "review_unaccounted": "posts queued for review with no verdict and not in a queue at the end",
 }
 
 

@@ -81,18 +81,7 @@ def findings(report: dict) -> list[str]:
         out.append(f"Backlog started to grow at <b>{s['backlog_started_s']} s</b> "
                    f"(lag over 2 s), peaked at {s['max_queue']} posts at {s['max_queue_at_s']} s, "
                    f"{drained}.")
-    ov = []
-    for q, r in report["review"].items():
-        if r["overflow_at_s"] is not None:
-            clear = ("never (no reviewers)" if r["clear_scenario_h"] is None
-                     else f"{r['clear_scenario_h']:.1f} scenario hours")
-            ov.append(f"the <b>'{_e(q)}'</b> review queue overflowed at <b>{r['overflow_at_s']} s</b> "
-                      f"(more than one scenario hour of its {r['capacity_per_scenario_h']:.3g} "
-                      f"reviews/h), peaked at {r['peak']:.0f} and ends with {r['final']:.0f} "
-                      f"waiting: clearing them takes {clear}")  # fmt: skip
-    out.append(("Review: " + "; ".join(ov) + ".") if ov else
-               "Review: no language's review queue overflowed (each stayed under one scenario "
-               "hour of its reviewers' capacity).")  # fmt: skip
+    out += review_findings(report)
     acc = report["accounting"]
     good = acc["lost"] == 0 and acc["duplicates"] == 0 and not acc.get("undecided")
     if acc.get("undecided"):
@@ -110,6 +99,91 @@ def findings(report: dict) -> list[str]:
                f"errors {s['errors']} (HTTP {s['http_errors']}, rejected {s['rejected']}); "
                f"dead letters {s['dead_letters']}.")  # fmt: skip
     return out
+
+
+def _h(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} h"
+
+
+def review_findings(report: dict) -> list[str]:
+    """One sentence per language whose posts waited for a human."""
+    out = []
+    for g, r in report["review"].items():
+        if not r["demand"]:
+            continue
+        t = r["time_to_human_decision"]
+        over = r["overflow_periods"]
+        line = (f"Review <b>'{_e(g)}'</b> ({r['capacity_per_scenario_h']:.3g} reviews per "
+                f"scenario hour): <b>{r['demand']}</b> posts waited for a human: {r['queued']} "
+                f"queued, <b>{r['overflowed']} limited by the fallback</b> pending review")
+        if r["limited_pending"]:
+            line += f", {r['limited_pending']} limited by a rule pending review (never queued)"
+        if r["demand"] > r["queued"] > 0:
+            line += f"; the demand is {r['demand'] / r['queued']:.1f}x the queued posts"
+        if over:
+            line += (f"; the queue held its admission limit in {len(over)} period(s) from "
+                     f"<b>{over[0]['start_s']} s</b>, {sum(p['end_s'] - p['start_s'] for p in over)} s "
+                     f"in all")  # fmt: skip
+        if r["resolved"]:
+            line += (f"; reviewers resolved {r['resolved']}, time to human decision p50 "
+                     f"{_h(t['p50_scenario_h'])} / p99 <b>{_h(t['p99_scenario_h'])}</b> of "
+                     f"scenario time")  # fmt: skip
+            if r["within_sla"] is not None:
+                line += f", {r['within_sla']:.0%} within the queue's SLA"
+            line += f"; they confirmed {r['reviewed_precision']:.0%} of the flags they judged"
+        pending = sum(r["unresolved"].values())
+        line += (f". Lost: <b>{r['unaccounted']}</b>" + (f" ({pending} still queued or in "
+                 "review at the end)" if pending else "") + ".")  # fmt: skip
+        out.append(line)
+    return out or ["Review: no post waited for a human."]
+
+
+def _review_html(report: dict, out: Path) -> str:
+    rows, prows, precision = [], [], []
+    for g, r in report["review"].items():
+        t, wf = r["time_to_human_decision"], r["without_fallback"]
+        v = r["verdicts"]
+        rows.append([g, f"{r['capacity_per_scenario_h']:.3g}", r["demand"], r["queued"],
+                     f"{r['overflowed']} ({r['overflowed_violating']})", r["limited_pending"],
+                     r["resolved"],
+                     f"{v.get('allow', 0)} / {v.get('limit_reach', 0)} / {v.get('remove', 0)}",
+                     f"{_h(t['p50_scenario_h'])} / {_h(t['p99_scenario_h'])}",
+                     f"{t['p50_s']} / {t['p99_s']}",
+                     "-" if r["within_sla"] is None else f"{r['within_sla']:.0%}",
+                     r["max_depth"], _h(r["max_expected_wait_h"]), len(r["overflow_periods"]),
+                     r["unaccounted"], wf["peak"]])  # fmt: skip
+        prows += [[g, p["start_s"], p["end_s"], p["start_scenario_h"], p["end_scenario_h"],
+                   p["limited"]] for p in r["overflow_periods"]]  # fmt: skip
+        precision += [[kind, x["name"], x["language"], x["judged"], x["confirmed"],
+                       x["precision"]] for kind in ("rules", "categories")
+                      for x in r["precision"][kind]]  # fmt: skip
+    pools = report.get("review_service", {}).get("pools")
+    return "".join([
+        "<h2>Human review</h2>", _img(out, "review_queues.png"), _img(out, "review_flow.png"),
+        "<p class=note>The replay's simulated reviewers claim and resolve the service's real "
+        "review queues through the API, at each language's capacity read per scenario hour "
+        "(the service's <i>capacity_per_hour</i>; in an embedded run the policy's pools are "
+        "replaced by the scenario's sampled reviewers"
+        + (": " + _e(", ".join(f"{k} {v['reviewers']} x {v['items_per_hour']:.3g}/h "
+                               f"{'+'.join(v['languages'])}" for k, v in pools.items()))
+           if pools else "") + "), and resolve each post with its ground truth. <i>Waited "
+        "for a human</i> = queued for review + limited by the fallback pending review + limited "
+        "by a rule with a <i>pending_..._review</i> label (which no queue holds). "
+        "<i>Overflow</i>: a queue held its admission limit (capacity x SLA), so new posts took "
+        "the fallback (shaded). Times are from the post's submission to its verdict.</p>",
+        _table(["language", "reviews /scenario h", "waited for a human", "queued",
+                "limited by fallback (violating)", "limited by a rule, pending review",
+                "resolved", "allow / limit / remove",
+                "to decision p50 / p99 (scenario)", "p50 / p99 (wall s)", "within SLA",
+                "max depth", "max expected wait", "overflow periods", "lost",
+                "peak without fallback"], rows),
+        "<h3>Overflow periods</h3>" + _table(["language", "from (wall s)", "to", "from (scenario h)",
+                                              "to", "posts limited"], prows) if prows else "",
+        "<h3>Precision of the automated flags, measured by the reviewers</h3>"
+        "<p class=note>Per rule and category that sent a post to review: judged = verdicts, "
+        "confirmed = verdicts other than allow.</p>"
+        + _table(["kind", "name", "language", "judged", "confirmed", "precision"], precision),
+    ])  # fmt: skip
 
 
 def _quality_html(q: dict) -> str:
@@ -142,11 +216,6 @@ def render_html(report: dict, out: Path, plots: list[str], extra: str = "") -> s
                         for k, v, c in cards)  # fmt: skip
     policy = report.get("policy") or {}
     opts = report["options"]
-    review_rows = [[q, f"{r['capacity_per_scenario_h']:.3g}", f"{r['capacity_per_wall_s']:.3g}",
-                    r["queued"],
-                    r["peak"], _fmt_s(r["growing_from_s"]), _fmt_s(r["overflow_at_s"]), r["final"],
-                    "never" if r["clear_scenario_h"] is None else r["clear_scenario_h"]]
-                   for q, r in report["review"].items()]  # fmt: skip
     lat = report["latency"]
     fl = lat["feed_delivery"]
     sent_lang = report["totals"]["sent_by_language"]
@@ -172,14 +241,7 @@ def render_html(report: dict, out: Path, plots: list[str], extra: str = "") -> s
         f"ms. Measured at the replay's feed reader instead (request start -> feed delivery): "
         f"p50 {fl['p50_ms']}, p99 {fl['p99_ms']} ms.</p>",
         "<h2>Actions</h2>", _img(out, "actions.png"),
-        "<h2>Review queues</h2>", _img(out, "review_backlog.png"),
-        "<p class=note>Simulated: each wall second the decisions with action <i>review</i> of a "
-        "detected language join that language's queue; the scenario's reviewers (scaled with the "
-        "rate scale, converted to wall time with the time scale) drain it. <i>Overflow</i>: more "
-        "than one scenario hour of reviewer work waiting.</p>",
-        _table(["queue", "reviewers /scenario h", "/wall s", "reviews queued", "peak backlog",
-                "growing from", "overflow at", "backlog at end", "scenario h to clear"],
-               review_rows),  # fmt: skip
+        _review_html(report, out),
         "<h2>Exactly-once accounting</h2>",
         _table(["accepted", "decided", "lost", "duplicated", "still queued at the end",
                 "dead-lettered", "unexpected", "drained"],
@@ -230,9 +292,11 @@ def compare_html(cmp: dict, out: Path) -> str:
         rows.append([f"action {act}", a["actions"].get(act, 0), b["actions"].get(act, 0)])
     for q in a["review"]:
         ra, rb = a["review"][q], b["review"].get(q, {})
-        rows.append([f"review '{q}': queued / peak / overflow at",
-                     f"{ra['queued']} / {ra['peak']:.0f} / {_fmt_s(ra['overflow_at_s'])}",
-                     f"{rb.get('queued')} / {rb.get('peak', 0):.0f} / "
+        rows.append([f"review '{q}': waited for a human / limited by fallback / max depth / "
+                     "overflow at",
+                     f"{ra['demand']} / {ra['overflowed']} / {ra['max_depth']} / "
+                     f"{_fmt_s(ra['overflow_at_s'])}",
+                     f"{rb.get('demand')} / {rb.get('overflowed')} / {rb.get('max_depth')} / "
                      f"{_fmt_s(rb.get('overflow_at_s'))}"])  # fmt: skip
     trows = [[t["language"], t["kind"], t["a"], t["b"], t["count"]]
              for t in cmp["transitions"][:40]]  # fmt: skip

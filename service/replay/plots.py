@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def plot_all(report: dict, out: Path) -> list[str]:
     """The run's figures, written into ``out``; their file names."""
     plt = pyplot()
     save = _Saver(plt, out)
-    for figure in (_input_rate, _queue, _latency, _actions, _review_backlog):
+    for figure in (_input_rate, _queue, _latency, _actions, _review_queues, _review_flow):
         figure(plt, report, save)
     return save.files
 
@@ -146,45 +147,82 @@ def _actions(plt, report: dict, save: _Saver) -> None:
     save(fig, "actions.png")
 
 
-def _review_backlog(plt, report: dict, save: _Saver) -> None:
-    """Review backlog vs capacity per language."""
+def _review_groups(report: dict) -> list[str]:
+    """The language groups worth a panel: someone reads them or something waited."""
+    groups = [g for g, r in report["review"].items()
+              if r["demand"] or r["capacity_per_scenario_h"] > 0]  # fmt: skip
+    return groups or list(report["review"])[:1]
+
+
+def _review_queues(plt, report: dict, save: _Saver) -> None:
+    """Per language: the real queue's depth and expected wait against the SLAs, overflow
+    periods shaded, and the backlog there would have been without the fallback."""
     x = report["series"]["second"]
-    queues = list(report["review"])
-    fig, axes = plt.subplots(1, len(queues), figsize=(4.2 * len(queues), 3.8), squeeze=False)
-    for ax, q in zip(axes[0], queues, strict=True):
-        r = report["review"][q]
+    groups = _review_groups(report)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.9), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        r = report["review"][g]
         _phases(ax, report, label=False)
-        cum_in, c = [], 0
-        for v in r["arrivals"]:
-            c += v
-            cum_in.append(c)
-        cap = [r["capacity_per_wall_s"] * (i + 1) for i in range(len(x))]
-        ax.fill_between(x, r["backlog"], color="#8e24aa", alpha=0.3, label="backlog", step="post")
-        ax.plot(x, cum_in, color="#8e24aa", lw=1.3, label="reviews queued (cumulative)")
-        ax.plot(x, cap, color="#2e7d32", lw=1.3, ls="--", label="reviewer capacity (cumulative)")
-        top = max(max(cum_in, default=0), 1) * 1.3
-        ax.set_ylim(0, top)
-        over = r["overflow_at_s"]
-        if over is not None:
-            ax.axvline(over, color="#d32f2f", lw=1, ls=":")
-            ax.text(over, top * 0.95, " overflow", color="#d32f2f", fontsize=8, va="top")
-        ax.set(title=f"review queue '{q}' ({r['capacity_per_scenario_h']:.3g}/scenario h)",
-               xlabel="wall seconds", ylabel="reviews")  # fmt: skip
+        for p in r["overflow_periods"]:
+            ax.axvspan(p["start_s"], p["end_s"], color="#ffcdd2", alpha=0.6, lw=0, zorder=0.5)
+        ax.fill_between(x, [d or 0 for d in r["series"]["depth"]], color="#8e24aa", alpha=0.35,
+                        step="post", label="queue depth (waiting + in review)")  # fmt: skip
+        ax.plot(x, r["without_fallback"]["backlog"], color="#8e24aa", lw=1, ls=":",
+                label="backlog without the fallback")  # fmt: skip
+        ax.set(title=f"review '{g}' ({r['capacity_per_scenario_h']:.3g}/scenario h)",
+               xlabel="wall seconds", ylabel="posts")  # fmt: skip
+        ax2 = ax.twinx()
+        ax2.grid(False)
+        ax2.plot(x, [w if w is not None else math.nan for w in r["series"]["expected_wait_h"]],
+                 color="#e65100", lw=1.2, label="expected wait (scenario h)")  # fmt: skip
+        for name, q in sorted(r["queues"].items()):
+            if q.get("sla_s") and not name.endswith("/appeal"):
+                ax2.axhline(q["sla_s"] / 3600, color="#e65100", lw=0.7, ls="--")
+                ax2.text(x[-1], q["sla_s"] / 3600, f"SLA {name} ", color="#e65100", fontsize=7,
+                         va="bottom", ha="right")  # fmt: skip
+        ax2.set_ylabel("scenario hours")
+        ax2.set_ylim(bottom=0)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+    save(fig, "review_queues.png")
+
+
+def _review_flow(plt, report: dict, save: _Saver) -> None:
+    """Per language, cumulative: posts that waited for a human, queued, limited by the
+    fallback, resolved by the reviewers."""
+    x = report["series"]["second"]
+    groups = _review_groups(report)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.6), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        r = report["review"][g]
+        _phases(ax, report, label=False)
+        rs = r["series"]
+        for series, color, label in ((r["arrivals"], "#212121", "waited for a human"),
+                                     (rs["queued"], "#8e24aa", "queued for review"),
+                                     (rs["overflowed"], "#ffb300", "limited by the fallback"),
+                                     (rs["limited_pending"], "#6d4c41",
+                                      "limited by a rule, pending review (never queued)"),
+                                     (rs["resolved"], "#2e7d32", "resolved")):
+            ax.plot(x, list(accumulate(series)), color=color, lw=1.3, label=label)
+        ax.set(title=f"review '{g}': cumulative", xlabel="wall seconds", ylabel="posts")
         ax.legend(fontsize=7, loc="upper left")
-    save(fig, "review_backlog.png")
+    save(fig, "review_flow.png")
 
 
 def plot_compare(cmp: dict, rep_a: dict, rep_b: dict, out: Path) -> str:
     plt = pyplot()
-    queues = list(rep_a["review"])
+    queues = _review_groups(rep_a)
     fig, axes = plt.subplots(1, len(queues) + 1, figsize=(4.2 * (len(queues) + 1), 3.8),
                              squeeze=False)  # fmt: skip
     for ax, q in zip(axes[0], queues, strict=False):
         for rep, color, name in ((rep_a, "#1565c0", cmp["a"]["label"]),
                                  (rep_b, "#e65100", cmp["b"]["label"])):
-            ax.plot(rep["series"]["second"], rep["review"][q]["backlog"], color=color, lw=1.5,
-                    label=f"{name}")  # fmt: skip
-        ax.set(title=f"review backlog '{q}'", xlabel="wall seconds", ylabel="reviews waiting")
+            if q in rep["review"]:
+                ax.plot(rep["series"]["second"],
+                        [d or 0 for d in rep["review"][q]["series"]["depth"]],
+                        color=color, lw=1.5, label=f"{name}")  # fmt: skip
+        ax.set(title=f"review queue '{q}'", xlabel="wall seconds", ylabel="posts waiting")
         ax.legend(fontsize=8)
     ax = axes[0][-1]
     for rep, color, name in ((rep_a, "#1565c0", cmp["a"]["label"]),

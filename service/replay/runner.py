@@ -6,8 +6,10 @@ time_scale``), everything due in the current tick (100 ms) in batches of at most
 service is slower than that, sending falls behind schedule: the report shows by how much).
 Beside the sender, two pollers run: the decision feed (``GET /v1/decisions``, every
 decision of this run, repeats included, by post-id prefix) and ``GET /v1/stats`` (about
-once a second). After the last send it drains: it waits until every accepted post has a
-decision, or ``drain_timeout`` passes. Everything observed is returned raw in a
+once a second); and the simulated reviewers (``service.replay.reviewers``) sample the review
+queues about once a second and work them at each language's capacity. After the last send
+it drains: it waits until every accepted post has a decision and the reviewers have emptied
+the queues they can read, or ``drain_timeout`` passes. Everything observed is returned raw in a
 ``RunData``; ``service.replay.analysis`` turns it into figures, ``plots`` and ``pages``
 into PNG plots and the HTML report.
 
@@ -30,6 +32,7 @@ import httpx
 from service.client import AsyncFloodgate, FloodgateError
 from service.replay.generate import GeneratedPost, generate
 from service.replay.metrics import percentile
+from service.replay.reviewers import Desks, ReviewLog, final_states, read_policy_review, work
 from service.replay.scenario import DEFAULT_SCENARIO, REPO_ROOT, Scenario, load_scenario
 
 SCENARIO_DIRS = (REPO_ROOT / "scenarios", REPO_ROOT / "seeds" / "scenarios")
@@ -68,6 +71,8 @@ class ReplayOptions:
     progress: bool = True
     label: str = ""
     request_timeout: float = 30.0
+    reviewers: bool = True  # simulated reviewers work the review queues
+    review_drain_s: float = 30.0  # after the last decision: how long they may take to finish
 
 
 @dataclass
@@ -98,9 +103,17 @@ class RunData:
     policy: dict | None = None
     dead_letters_before: int = 0
     dead_letters_after: int = 0
+    review: ReviewLog = field(default_factory=ReviewLog)
+
+    def queued_for_review(self) -> list[str]:
+        """This run's posts that entered a review queue (not the fallback), in feed order."""
+        return list(dict.fromkeys(d["post_id"] for _, d in self.decisions
+                                  if (d.get("review") or {}).get("queue")
+                                  and not d["review"].get("fallback")))  # fmt: skip
 
 
 def _slim(d: dict) -> dict:
+    review = d.get("review") or None
     decided = d.get("decided_at")
     try:
         decided_ts = datetime.fromisoformat(decided).timestamp() if decided else None
@@ -112,6 +125,7 @@ def _slim(d: dict) -> dict:
         "language": (d.get("language") or {}).get("code", "und"),
         "decided_ts": decided_ts,
         "review_queue": d.get("review_queue"),
+        "labels": d.get("labels") or [],
         "reasons": [
             {"rule": r.get("rule"), "action": r.get("action"),
              "categories": r.get("categories") or {}, "keywords": r.get("keywords") or {}}
@@ -119,6 +133,8 @@ def _slim(d: dict) -> dict:
         ],  # fmt: skip
         "policy": (d.get("policy") or {}).get("version"),
         "queue_wait_ms": (d.get("timings") or {}).get("queue_wait_ms"),
+        "review": review and {"queue": review.get("queue"), "reason": review.get("reason"),
+                              "fallback": (review.get("fallback") or {}).get("action")},
     }
 
 
@@ -188,6 +204,11 @@ class _Progress:
         t.add_row("decided", f"{decided}")
         t.add_row("queue", f"{stream.get('length', '-')} posts, lag {stream.get('lag_ms', '-')} ms")
         t.add_row("p99 (last 10 s)", "-" if p99 is None else f"{p99 * 1000:.0f} ms")
+        depth: dict[str, int] = {}
+        for q in run.review.samples[-1][1] if run.review.samples else []:
+            depth[q["language"]] = depth.get(q["language"], 0) + q["waiting"] + q["in_review"]
+        t.add_row("review", f"{len(run.review.verdicts)} resolved; waiting "
+                  + (", ".join(f"{k} {v}" for k, v in sorted(depth.items())) or "-"))
         return t
 
 
@@ -201,64 +222,93 @@ async def run_replay(scenario: Scenario, target: str, opts: ReplayOptions) -> Ru
     )  # fmt: skip
     plan = schedule(scenario, opts, prefix)
     run.scheduled = len(plan)
-    limits = httpx.Limits(max_connections=opts.max_in_flight + 4)
+    limits = httpx.Limits(max_connections=opts.max_in_flight + 8)
     async with httpx.AsyncClient(base_url=target, timeout=opts.request_timeout,
                                  limits=limits) as client:  # fmt: skip
         r = await client.get("/healthz")
         r.raise_for_status()
+        fg = AsyncFloodgate("", client=client)
         with contextlib.suppress(httpx.HTTPError, ValueError):
             run.policy = (await client.get("/v1/policy")).json().get("live")
+        await read_policy_review(fg, run.review)
         stats0 = (await client.get("/v1/stats")).json()
         run.dead_letters_before = int(stats0.get("dead_letters") or 0)
         # the feed may hold earlier runs' decisions: start a minute before now (stream ids are
         # Redis server milliseconds); this run's decisions are picked out by their prefix
         cursor = "0" if not stats0["decisions"]["audit_length"] else str(
             int(time.time() * 1000) - 60_000)  # fmt: skip
-        stop = asyncio.Event()
+        desks = Desks(fg, run.review, lambda pid: (run.sent.get(pid) or (0, 0, None))[2], ts,
+                      lambda msg: run.errors.append((time.time(), msg)))  # fmt: skip
+        stop, stop_review = asyncio.Event(), asyncio.Event()
         with _Progress(run, opts.progress) as progress:
             run.t0 = time.time()
-            feed = asyncio.create_task(_poll_feed(client, run, cursor, stop))
-            stats = asyncio.create_task(_poll_stats(client, run, stop, opts.stats_interval_s,
-                                                    progress))  # fmt: skip
+            tasks = [asyncio.create_task(_poll_feed(client, run, cursor, stop)),
+                     asyncio.create_task(_poll_stats(client, run, stop, opts.stats_interval_s,
+                                                     progress))]  # fmt: skip
+            if opts.reviewers:
+                tasks.append(asyncio.create_task(work(desks, stop_review, opts.stats_interval_s)))
             try:
                 await _send(client, run, plan, opts, progress)
                 run.send_end = time.time()
                 progress.phase = "draining"
-                deadline = time.monotonic() + opts.drain_timeout
-                while time.monotonic() < deadline:
-                    decided = {d["post_id"] for _, d in run.decisions}
-                    if all(p in decided for p in run.accepted):
-                        run.drained = True
-                        break
-                    progress.update()
-                    await asyncio.sleep(0.25)
-                run.drain_end = time.time()
+                await _drain(run, opts, desks if opts.reviewers else None)
+                stop_review.set()
                 await asyncio.sleep(1.0)  # a late duplicate would show up in the feed now
                 progress.phase = "done"
             finally:
                 stop.set()
-                await asyncio.gather(feed, stats, return_exceptions=True)
-        # every accepted post without a decision in the feed: still queued (the drain timed
-        # out), dead-lettered ("failed"), or really lost ("unknown", or decided but missing
-        # from the feed)
-        decided = {d["post_id"] for _, d in run.decisions}
-        missing = [p for p in run.accepted if p not in decided]
-        sem = asyncio.Semaphore(16)
-
-        async def status(pid: str) -> None:
-            async with sem:
-                try:
-                    r = await client.get(f"/v1/posts/{pid}/decision")
-                    run.lost_status[pid] = (
-                        r.json().get("status", str(r.status_code)) if r.status_code != 404
-                        else "unknown")  # fmt: skip
-                except (httpx.HTTPError, ValueError) as exc:
-                    run.lost_status[pid] = f"error: {type(exc).__name__}"
-
-        await asyncio.gather(*(status(p) for p in missing))
+                stop_review.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        await _missing(client, run)
+        if opts.reviewers:
+            await final_states(fg, run.review, run.queued_for_review())
         with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
             run.dead_letters_after = int((await client.get("/v1/stats")).json()["dead_letters"])
     return run
+
+
+async def _drain(run: RunData, opts: ReplayOptions, desks: Desks | None) -> None:
+    """Wait until every accepted post is decided, or ``drain_timeout``; then, with reviewers,
+    until they have emptied the queues they read, when that takes them at most
+    ``review_drain_s`` (what still waits after that is reported as waiting)."""
+    deadline = time.monotonic() + opts.drain_timeout
+    while time.monotonic() < deadline:
+        decided = {d["post_id"] for _, d in run.decisions}
+        if all(p in decided for p in run.accepted):
+            run.drained = True
+            break
+        await asyncio.sleep(0.25)
+    run.drain_end = time.time()
+    if desks is None or not run.drained:
+        return
+    while not (run.review.samples and run.review.samples[-1][0] > run.drain_end):
+        await asyncio.sleep(0.1)  # a queue sample taken after the last decision
+    if desks.clear_s() > opts.review_drain_s:
+        return
+    until = time.monotonic() + opts.review_drain_s
+    while time.monotonic() < until and not desks.idle():
+        await asyncio.sleep(0.25)
+
+
+async def _missing(client: httpx.AsyncClient, run: RunData) -> None:
+    """Every accepted post without a decision in the feed: still queued (the drain timed
+    out), dead-lettered ("failed"), or really lost ("unknown", or decided but missing from
+    the feed)."""
+    decided = {d["post_id"] for _, d in run.decisions}
+    missing = [p for p in run.accepted if p not in decided]
+    sem = asyncio.Semaphore(16)
+
+    async def status(pid: str) -> None:
+        async with sem:
+            try:
+                r = await client.get(f"/v1/posts/{pid}/decision")
+                run.lost_status[pid] = (
+                    r.json().get("status", str(r.status_code)) if r.status_code != 404
+                    else "unknown")  # fmt: skip
+            except (httpx.HTTPError, ValueError) as exc:
+                run.lost_status[pid] = f"error: {type(exc).__name__}"
+
+    await asyncio.gather(*(status(p) for p in missing))
 
 
 async def _send(client: httpx.AsyncClient, run: RunData, plan, opts: ReplayOptions,
