@@ -14,7 +14,8 @@ pytestmark = pytest.mark.skipif(not SHARED_TRAIN.exists(), reason="../shared/dat
 
 def test_transfer_table_reports_accuracy_and_f1_per_label(tmp_path, model_dir):
     from service.classifier.cache import EmbeddingCache
-    from service.classifier.evaluate import tables, transfer
+    from service.classifier.card import tables
+    from service.classifier.evaluate import transfer
     from service.classifier.heads import TrainedHeads
 
     cache = EmbeddingCache(tmp_path / "cache", model_dir, progress=False)

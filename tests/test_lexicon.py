@@ -8,7 +8,7 @@ import pytest
 
 from service.classifier import lexicon
 from service.classifier.datasets import Example
-from service.classifier.evaluate import LEXICON_MIN_SCORE
+from service.classifier.lexicon import LEXICON_MIN_SCORE
 from service.config import REPO_ROOT
 from service.policy import load_policy
 

@@ -33,6 +33,12 @@ from service.classifier.datasets import SHARED_TRAIN, Example
 from service.policy.text import collapse, fold, term_pattern
 
 LEXICON_DIR = SHARED_TRAIN / "zh_lexicon_konsheng"
+
+# A lexicon hit counts when the category's score is at least this (the default policy's
+# lexicon rules use the same number; a test keeps them equal): a term alone, unseen in the
+# training data, is weak evidence on a lifestyle platform where "本店" or "美腿" are ordinary.
+LEXICON_MIN_SCORE = 0.2
+
 SOURCE = "konsheng/Sensitive-lexicon (MIT, Copyright (c) 2024~2099 Konsheng)"
 MIN_PRECISION = 0.8
 MIN_POSITIVE_HITS = 3

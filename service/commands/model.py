@@ -151,7 +151,8 @@ def model_eval(
 ) -> None:
     """Held-out metrics, HateCheck, MHC (Mandarin), XSTest and the evaluation-only datasets
     (accuracy and F1 per label); tables into the model card."""
-    from service.classifier.evaluate import evaluate, tables
+    from service.classifier.card import tables
+    from service.classifier.evaluate import evaluate
     from service.classifier.heads import HEADS_DIR
 
     settings = get_settings()
