@@ -30,6 +30,9 @@ def replay(
     start_rate: float = typer.Option(8.0, help="first --find-capacity rate (posts/s)"),
     drain_timeout: float = typer.Option(120.0, help="seconds to wait for decisions after sending"),
     progress: bool = typer.Option(True, help="live progress display"),
+    reviewers: bool = typer.Option(
+        True, help="simulated reviewers work the review queues (embedded: at the scenario's capacity)"
+    ),
 ) -> None:
     """Replay a synthetic influx through the API and write a report (see service/replay/)."""
     from service.replay.command import main
@@ -39,5 +42,5 @@ def replay(
                 fail_if=fail_if, policy=policy, compare=compare or None,
                 find_capacity=find_capacity, capacity_workers=capacity_workers,
                 step_seconds=step_seconds, start_rate=start_rate, drain_timeout=drain_timeout,
-                progress=progress)  # fmt: skip
+                progress=progress, reviewers=reviewers)  # fmt: skip
     raise typer.Exit(code)
