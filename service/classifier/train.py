@@ -284,6 +284,56 @@ def split_metrics(probs, y, m, langs, thresholds: dict) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The embedded examples with their targets, sample weights, languages and splits."""
+
+    examples: list[Example]
+    x: np.ndarray
+    y: np.ndarray
+    m: np.ndarray
+    w: np.ndarray
+    langs: np.ndarray
+    tr: np.ndarray
+    ca: np.ndarray
+    te: np.ndarray
+
+
+def _without(d: _Data, drop: np.ndarray, s: TrainSettings, thresholds: dict) -> dict:
+    """The same recipe with the `drop` rows left out of training and calibration (and
+    the weights recomputed without them), on the same test split."""
+    x, y, m, langs, tr, ca, te = d.x, d.y, d.m, d.langs, d.tr, d.ca, d.te
+    keep = ~drop
+    wk = np.zeros_like(d.w)
+    wk[keep] = sample_weights([e for e, k in zip(d.examples, keep, strict=True) if k], s)
+    sel_tr, sel_ca = tr & keep, ca & keep
+    head_k = fit_head(x[sel_tr], y[sel_tr], m[sel_tr], wk[sel_tr], s, log=lambda *_: None)
+    cal_k = calibrate(logits_of(head_k, x[sel_ca]), y[sel_ca], m[sel_ca], langs[sel_ca])
+    probs_k = apply_calibration(logits_of(head_k, x[te]), cal_k, langs[te])
+    return split_metrics(probs_k, y[te], m[te], langs[te], thresholds)
+
+
+def _ablations(d: _Data, s: TrainSettings, thresholds: dict, ablate: bool,
+               ablate_sources: tuple[str, ...], log) -> dict:  # fmt: skip
+    """Test-split metrics of the heads trained without the seeds (`ablate`) and without
+    each named source: what each adds."""
+    metrics: dict = {}
+    if ablate:
+        # what the hand-written seeds add: the same recipe without them, same test split
+        metrics["without_seeds"] = _without(
+            d, np.array([e.source.startswith("seeds/") for e in d.examples]), s, thresholds
+        )
+    for name in ablate_sources:
+        # what one data source adds (or a group, "a+b"): trained without its rows, tested on
+        # the same split
+        log(f"  without {name} ...")
+        group = name.split("+")
+        drop = [any(e.source == g or e.source.startswith(g + "/") for g in group)
+                for e in d.examples]  # fmt: skip
+        metrics.setdefault("without_source", {})[name] = _without(d, np.array(drop), s, thresholds)
+    return metrics
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -330,30 +380,8 @@ def train(
     probs_te = apply_calibration(logits_of(head, x[te]), calibration, langs[te])
     metrics = {"test": split_metrics(probs_te, y[te], m[te], langs[te], thresholds)}
 
-    def without(drop: np.ndarray) -> dict:
-        """The same recipe with the `drop` rows left out of training and calibration (and
-        the weights recomputed without them), on the same test split."""
-        keep = ~drop
-        wk = np.zeros_like(w)
-        wk[keep] = sample_weights([e for e, k in zip(examples, keep, strict=True) if k], s)
-        sel_tr, sel_ca = tr & keep, ca & keep
-        head_k = fit_head(x[sel_tr], y[sel_tr], m[sel_tr], wk[sel_tr], s, log=lambda *_: None)
-        cal_k = calibrate(logits_of(head_k, x[sel_ca]), y[sel_ca], m[sel_ca], langs[sel_ca])
-        probs_k = apply_calibration(logits_of(head_k, x[te]), cal_k, langs[te])
-        return split_metrics(probs_k, y[te], m[te], langs[te], thresholds)
-
-    if ablate:
-        # what the hand-written seeds add: the same recipe without them, same test split
-        metrics["without_seeds"] = without(
-            np.array([e.source.startswith("seeds/") for e in examples])
-        )
-    for name in ablate_sources:
-        # what one data source adds (or a group, "a+b"): trained without its rows, tested on
-        # the same split
-        log(f"  without {name} ...")
-        group = name.split("+")
-        drop = [any(e.source == g or e.source.startswith(g + "/") for g in group) for e in examples]
-        metrics.setdefault("without_source", {})[name] = without(np.array(drop))
+    data = _Data(examples, x, y, m, w, langs, tr, ca, te)
+    metrics.update(_ablations(data, s, thresholds, ablate, ablate_sources, log))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_base, encoder_precision = split_version(cache.version)
