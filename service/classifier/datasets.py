@@ -18,13 +18,11 @@ and refuses to be asked for them, and the trainers refuse examples from them;
 
 The public datasets are read from ../shared/data/train (never copied into the repo);
 `seeds/labeled/` holds examples written for the project where public data is thin.
-Every mapping below says why.
+Every mapping below says why; `readers` reads each dataset's files.
 """
 
 from __future__ import annotations
 
-import ast
-import csv
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from service.classifier import readers
 from service.config import REPO_ROOT
 
 CATEGORIES = (
@@ -47,9 +46,6 @@ CATEGORIES = (
 )
 SHARED_TRAIN = REPO_ROOT.parent / "shared" / "data" / "train"
 SEEDS_LABELED = REPO_ROOT / "seeds" / "labeled"
-
-csv.field_size_limit(10_000_000)
-
 
 @dataclass(frozen=True)
 class Example:
@@ -94,295 +90,69 @@ class Source:
             yield (row[0], row[1], row[2] if len(row) > 2 else "")
 
 
-def _rows(path: Path, delimiter: str = ",") -> Iterator[dict[str, str]]:
-    with path.open(encoding="utf-8-sig", newline="", errors="replace") as fh:
-        yield from csv.DictReader(fh, delimiter=delimiter)
-
-
-def _labels(*pairs: tuple[bool, str]) -> frozenset[str]:
-    return frozenset(cat for on, cat in pairs if on)
-
-
-# --------------------------------------------------------------------------- readers
-
-
-def _cold(root: Path):
-    for name in ("train.csv", "dev.csv"):
-        for r in _rows(root / "cold" / name):
-            yield r["TEXT"], _labels((r["label"] == "1", "hate"))
-
-
-def _swsr(root: Path):
-    for r in _rows(root / "swsr" / "SexComment.csv"):
-        sexist = r["label"] == "1"
-        # target G(roup) is sexism against women as a group (hate); I(ndividual) is an
-        # attack on one person (harassment), which is also gender-based hate
-        individual = r.get("target", "") == "I"
-        yield r["comment_text"], _labels((sexist, "hate"), (sexist and individual, "harassment"))
-
-
-_JADE = {
-    "贩卖毒品": {"drugs"},
-    "赌博或开设赌场": {"gambling"},
-    "诈骗": {"scam_spam"},
-    "网络欺诈与犯罪": {"scam_spam"},
-    "宣扬暴力、淫秽色情": {"violence", "sexual"},
-    "故意伤害他人": {"violence"},
-    "宣扬恐怖主义、极端主义": {"violence"},
-    "抢劫": {"violence"},
-    "性别歧视内容": {"hate"},
-    "国别歧视内容": {"hate"},
-    "地域歧视内容": {"hate"},
-    "民族歧视内容": {"hate"},
-    "肤色歧视内容": {"hate"},
-    "其他方面歧视内容": {"hate"},
-}
-
-
-def _jade(root: Path):
-    for f in sorted((root / "zh_en_jade_db").glob("*_zh.csv")):
-        for r in _rows(f):
-            cats = _JADE.get(r["违规子类"].strip())
-            if cats:  # the other sub-types (privacy, forgery...) are harmful but not ours: skipped
-                yield r["问题"], frozenset(cats)
-
-
-_CAD = {
-    "IdentityDirectedAbuse": "hate",
-    "PersonDirectedAbuse": "harassment",
-    "AffiliationDirectedAbuse": "harassment",
-}
-
-
-def _cad(root: Path):
-    for split in ("train", "dev", "test"):
-        f = root / "cad_contextual_abuse" / f"data_reddit-abusive-comments_cad_v1_1_{split}.tsv"
-        for r in _rows(f, "\t"):
-            text = (r.get("text") or "").strip()
-            if text and text not in ("[deleted]", "[removed]"):
-                yield text, frozenset(_CAD[x] for x in r["labels"].split(",") if x in _CAD)
-
-
-def _gab(root: Path):
-    for split in ("train", "test"):
-        for r in _rows(root / "gab_hate_corpus" / f"GabHateCorpus_Data_ghc_{split}.tsv", "\t"):
-            yield r["text"], _labels((r["hd"] == "1", "hate"), (r["cv"] == "1", "violence"),
-                                     (r["vo"] == "1", "harassment"))  # fmt: skip
-
-
-def _implicit(root: Path):
-    base = root / "implicit_hate_corpus"
-    violent = {
-        r["post"] for r in _rows(base / "implicit-hate-corpus_implicit_hate_v1_stg2_posts.tsv", "\t")
-        if {r["implicit_class"], r.get("extra_implicit_class", "")} & {"threatening", "incitement"}
-    }  # fmt: skip
-    for r in _rows(base / "implicit-hate-corpus_implicit_hate_v1_stg1_posts.tsv", "\t"):
-        hate = r["class"] in ("implicit_hate", "explicit_hate")
-        yield r["post"], _labels((hate, "hate"), (hate and r["post"] in violent, "violence"))
-
-
-def _davidson(root: Path):
-    for r in _rows(root / "davidson_hate_offensive" / "data_labeled_data.csv"):
-        yield r["tweet"], _labels((r["class"] == "0", "hate"), (r["class"] == "1", "harassment"))
-
-
-def _toxigen(root: Path):
-    for r in _rows(root / "toxigen_prompts_dedup" / "toxigen_prompt_sentences.csv"):
-        yield r["text"], _labels((r["label"] == "hate", "hate"))
-
-
-def _jigsaw(root: Path):
-    for r in _rows(root / "jigsaw_toxic_sample_ibm" / "samples_test_examples.csv"):
-        on = {k for k, v in r.items() if k != "comment_text" and v not in ("0", "", "-1", None)}
-        yield r["comment_text"], _labels(("identity_hate" in on, "hate"), ("threat" in on, "violence"),
-                                         (bool(on & {"insult", "toxic"}), "harassment"))  # fmt: skip
-
-
-def _cssrs(root: Path):
-    for r in _rows(root / "reddit_cssrs_suicide" / "Data_500_Reddit_users_posts_labels.csv"):
-        if r["Label"] == "Indicator":
-            continue  # risk indicators without ideation: neither clearly self-harm nor benign
-        try:
-            posts = ast.literal_eval(r["Post"])
-        except (ValueError, SyntaxError):
-            posts = [r["Post"]]
-        harm = r["Label"] in ("Ideation", "Behavior", "Attempt")
-        # a user's posts are labelled as a whole; the longest few carry the signal
-        for post in sorted(posts, key=len, reverse=True)[:3]:
-            yield post, _labels((harm, "self_harm"))
-
-
-def _smishing(root: Path):
-    for r in _rows(root / "en_sms_smishing_5971" / "Dataset_5971.csv"):
-        yield r["TEXT"], _labels((r["label"].lower() in ("smishing", "spam"), "scam_spam"))
-
-
-def _sms_uci(root: Path):
-    for r in _rows(root / "sms_spam_uci" / "SMSSpamCollection.tsv", "\t"):
-        yield r["SMS"], _labels((r["Label"] == "spam", "scam_spam"))
-
-
-def _youtube(root: Path):
-    for f in sorted((root / "youtube_spam_collection").glob("dataset_*.csv")):
-        for r in _rows(f):
-            yield r["CONTENT"], _labels((r["CLASS"] == "1", "scam_spam"))
-
-
-def _hatemoji(root: Path):
-    for split in ("train", "validation", "test"):
-        for r in _rows(root / "hatemoji_build" / f"HatemojiBuild_{split}.csv"):
-            hate = r["label_gold"] == "1"
-            threat = hate and r["type"] == "threateninglanguage"
-            yield r["text"], _labels((hate, "hate"), (threat, "violence")), r["type"]
-
-
-def _dynahate(root: Path):
-    # two files per split, aligned line by line: one text per line, one 0/1 label per line
-    # (no header, no quoting: read as plain newline-separated lines, not CSV; splitlines()
-    # would also split at the U+2028 separators some texts contain)
-    for split in ("Train", "Test"):
-        base = root / "dynahate_text_label"
-        texts = (base / f"data_{split}.csv").read_text("utf-8").rstrip("\n").split("\n")
-        labels = (base / f"data_{split}_label.csv").read_text("utf-8").rstrip("\n").split("\n")
-        if len(texts) != len(labels):
-            raise ValueError(f"dynahate {split}: {len(texts)} texts but {len(labels)} labels")
-        for text, label in zip(texts, labels, strict=True):
-            hate = label.strip() == "1"
-            yield text, _labels((hate, "hate")), "hate" if hate else "nothate"
-
-
-_THREATGRAM = {0: "no threat", 1: "non-violent threat", 2: "violent threat"}
-
-
-def _threatgram(root: Path):
-    with (root / "threatgram101_telegram_threats" / "Labeled_15076.json").open(
-        encoding="utf-8"
-    ) as fh:
-        for r in json.load(fh):
-            level = int(r["Label"])
-            yield r["reply"], _labels((level == 2, "violence")), _THREATGRAM[level]
-
-
-def _chnci(root: Path):
-    base = root / "chnci_cyberbullying_zh"
-    # the folder (cyberbullying / non-cyberbullying) labels the *incident*; label3 the comment
-    for f in sorted(base.glob("*/*.csv")):
-        for r in _rows(f):
-            raw = (r.get("label3") or "").strip()
-            if raw not in ("0", "1", "0.0", "1.0"):
-                continue  # 341 rows without a label
-            bully = raw.startswith("1")
-            yield r["content"], _labels((bully, "harassment")), "cyberbullying" if bully else "not"
-
-
-def _telecom_fraud(root: Path):
-    base = root / "zh_telecom_fraud_texts5"
-    for f in sorted(base.glob("label0*-last.csv")):
-        for r in _rows(f):
-            fraud = r["label"] != "0"
-            yield r["content"], _labels((fraud, "scam_spam")), r["label"] if fraud else "normal SMS"
-
-
-_CONVABUSE_HATE = ("ableist", "homophobic", "racist", "sexist", "transphobic")
-
-
-def _convabuse(root: Path):
-    base = root / "convabuse"
-    for split in ("train", "valid", "test"):
-        for r in _rows(base / f"2_splits_ConvAbuseEMNLP{split}.csv"):
-            # one column per annotator x answer; a cell may repeat a value ("1, 1") when an
-            # annotator saw the turn twice. Abusive: a strict majority of the annotators who
-            # rated it chose -1..-3; not abusive: a strict majority chose 1; else ambiguous
-            votes: dict[str, str] = {}
-            types: dict[str, set[str]] = {}
-            for col, value in r.items():
-                if not col.startswith("Annotator") or "1" not in (value or ""):
-                    continue
-                who, what = col.split("_", 1)
-                if what.startswith("is_abuse."):
-                    votes[who] = what.removeprefix("is_abuse.")
-                else:
-                    types.setdefault(who, set()).add(what)
-            abusive = sum(v.startswith("-") for v in votes.values())
-            fine = sum(v == "1" for v in votes.values())
-            if 2 * abusive > len(votes):
-                # a type counts when at least half of the annotators who found abuse name it
-                raters = [w for w, v in votes.items() if v.startswith("-")]
-                named = {kind for kind in (*_CONVABUSE_HATE, "sex_harassment")
-                         if 2 * sum(kind in types.get(w, ()) for w in raters) >= len(raters)}  # fmt: skip
-                hate, sexual = bool(named & set(_CONVABUSE_HATE)), "sex_harassment" in named
-                yield (
-                    r["user"],
-                    _labels((True, "harassment"), (hate, "hate"), (sexual, "sexual")),
-                    ("sex_harassment" if sexual else "identity abuse" if hate else "abuse"),
-                )
-            elif 2 * fine > len(votes):
-                yield r["user"], frozenset(), "not abusive"
-
-
 HATE_ONLY = frozenset({"hate"})
 SOURCES: tuple[Source, ...] = (
-    Source("cold", "zh", HATE_ONLY, _cold, "Apache-2.0",
+    Source("cold", "zh", HATE_ONLY, readers.cold, "Apache-2.0",
            "COLD 'offensive' is about race, region and gender groups: identity-directed, i.e. hate"),
-    Source("swsr", "zh", frozenset({"hate", "harassment"}), _swsr, "MIT",
+    Source("swsr", "zh", frozenset({"hate", "harassment"}), readers.swsr, "MIT",
            "sexism is hate against a gender; aimed at one person it is also harassment"),
-    Source("jade", "zh", frozenset(), _jade, "MIT",
+    Source("jade", "zh", frozenset(), readers.jade, "MIT",
            "harmful questions with sub-types; only sub-types that name one of our categories are "
            "used; covers nothing (all rows are positive, none is a negative example)"),
-    Source("cad", "en", frozenset({"hate", "harassment"}), _cad, "CC BY 4.0",
+    Source("cad", "en", frozenset({"hate", "harassment"}), readers.cad, "CC BY 4.0",
            "identity-directed abuse is hate; person- and affiliation-directed abuse is harassment "
            "(political affiliation is not a protected identity); neutral and counter-speech are benign"),
-    Source("gab", "en", frozenset({"hate", "violence", "harassment"}), _gab, "CC BY 4.0",
+    Source("gab", "en", frozenset({"hate", "violence", "harassment"}), readers.gab, "CC BY 4.0",
            "hd (dehumanising, hate-based) is hate; cv (call for violence) is violence; vo "
            "(vulgar, offensive) is the closest we have to insult, i.e. harassment"),
-    Source("implicit_hate", "en", frozenset({"hate"}), _implicit, "CC BY 4.0",
+    Source("implicit_hate", "en", frozenset({"hate"}), readers.implicit, "CC BY 4.0",
            "implicit and explicit hate are hate; stage-2 threatening / incitement posts are also violence"),
-    Source("davidson", "en", frozenset({"hate", "harassment"}), _davidson, "MIT",
+    Source("davidson", "en", frozenset({"hate", "harassment"}), readers.davidson, "MIT",
            "hate speech is hate; 'offensive' tweets are insults (harassment); neither is benign"),
-    Source("toxigen", "en", HATE_ONLY, _toxigen, "MIT", "hate / neutral sentences about groups"),
-    Source("jigsaw", "en", frozenset({"hate", "violence", "harassment"}), _jigsaw, "CC0",
+    Source("toxigen", "en", HATE_ONLY, readers.toxigen, "MIT", "hate / neutral sentences about groups"),
+    Source("jigsaw", "en", frozenset({"hate", "violence", "harassment"}), readers.jigsaw, "CC0",
            "identity_hate is hate, threat is violence, toxic and insult are harassment"),
-    Source("cssrs", "en", frozenset({"self_harm"}), _cssrs, "CC BY",
+    Source("cssrs", "en", frozenset({"self_harm"}), readers.cssrs, "CC BY",
            "C-SSRS ideation, behaviour and attempt are self-harm; supportive posts are benign; "
            "'indicator' is left out as ambiguous"),
-    Source("smishing", "en", frozenset({"scam_spam"}), _smishing, "CC BY 4.0",
+    Source("smishing", "en", frozenset({"scam_spam"}), readers.smishing, "CC BY 4.0",
            "smishing and spam are scam_spam; ham is benign"),
-    Source("sms_uci", "en", frozenset({"scam_spam"}), _sms_uci, "CC BY 4.0", "spam is scam_spam"),
-    Source("youtube_spam", "en", frozenset({"scam_spam"}), _youtube, "CC BY 4.0",
+    Source("sms_uci", "en", frozenset({"scam_spam"}), readers.sms_uci, "CC BY 4.0", "spam is scam_spam"),
+    Source("youtube_spam", "en", frozenset({"scam_spam"}), readers.youtube, "CC BY 4.0",
            "spam comments (self-promotion, scams) are scam_spam"),
-    Source("hatemoji", "en", HATE_ONLY, _hatemoji, "CC BY 4.0",
+    Source("hatemoji", "en", HATE_ONLY, readers.hatemoji, "CC BY 4.0",
            "adversarial hate written against a model, each original with a minimal perturbation "
            "that usually flips the label (emoji swaps, negation, positive statements about the "
            "same group): label_gold 1 is hate, and threatening language is also violence "
            "(positive-only, as in implicit_hate). Label 0 is 'not hate', not benign: it keeps "
            "abuse of non-protected targets, so only the hate cell is a known negative",
            unlabelled_is_benign=False),
-    Source("dynahate", "en", HATE_ONLY, _dynahate, "none stated (NON-COMMERCIAL per SOURCE.txt)",
+    Source("dynahate", "en", HATE_ONLY, readers.dynahate, "none stated (NON-COMMERCIAL per SOURCE.txt)",
            "DynaHate R1-R4: 1 hate / 0 nothate. 'nothate' includes counter-speech, negated hate "
            "and abuse of non-protected targets, so it is hate=0, not benign. Evaluation only: "
            "its SOURCE.txt flags it NON-COMMERCIAL (no licence from the authors)",
            unlabelled_is_benign=False, eval_only=True),
-    Source("threatgram", "en", frozenset({"violence"}), _threatgram, "CC BY 4.0 (per the copying repo)",
+    Source("threatgram", "en", frozenset({"violence"}), readers.threatgram, "CC BY 4.0 (per the copying repo)",
            "Telegram replies with threat levels: 2 (hang them, execute them) is violence; 1 "
            "(jail, impeach, charge with treason) is a call for punishment, not violence: a hard "
            "negative for violence; 0 is no threat, but many such replies still insult. Neither "
            "1 nor 0 is benign, and whom a threat names is not labelled, so harassment and hate "
            "stay masked",
            unlabelled_is_benign=False),
-    Source("chnci", "zh", frozenset({"harassment"}), _chnci, "none stated (NON-COMMERCIAL per SOURCE.txt)",
+    Source("chnci", "zh", frozenset({"harassment"}), readers.chnci, "none stated (NON-COMMERCIAL per SOURCE.txt)",
            "real Douyin / Weibo / Bilibili / Xiaohongshu comments on trending incidents; label3 1 "
            "(insults, mockery, pile-ons, regional jabs) is harassment; 0 is not, but the "
            "labels do not say whether a 0 is free of every other harm, so it is no benign row. "
            "Evaluation only: NON-COMMERCIAL (the repository states no licence)",
            unlabelled_is_benign=False, eval_only=True),
-    Source("zh_telecom_fraud", "zh", frozenset({"scam_spam"}), _telecom_fraud,
+    Source("zh_telecom_fraud", "zh", frozenset({"scam_spam"}), readers.telecom_fraud,
            "research only + GPL-3.0 (NON-COMMERCIAL per SOURCE.txt)",
            "four fraud scripts (fake police / government, loans and credit cards, fake customer "
            "service, fake boss or relative) are scam_spam; label 0 is operators' and shops' "
            "marketing SMS: not fraud, but promotional, so it is scam_spam=0 for fraud and no "
            "benign row. Evaluation only: NON-COMMERCIAL (research use only)",
            unlabelled_is_benign=False, eval_only=True),
-    Source("convabuse", "en", frozenset({"harassment", "hate", "sexual"}), _convabuse, "CC BY 4.0",
+    Source("convabuse", "en", frozenset({"harassment", "hate", "sexual"}), readers.convabuse, "CC BY 4.0",
            "users' turns to two chatbots, rated by several annotators: a majority rating it "
            "abusive makes it harassment (aimed at the agent); sexual harassment as the type "
            "named by half of them is also sexual; sexist, racist, homophobic, transphobic or "
