@@ -94,7 +94,9 @@ class Worker:
     # ------------------------------------------------------------------ policy
 
     def sync_policy(self) -> None:
-        """Follow the live and shadow versions published in Redis (checked every batch).
+        """Follow the live and shadow versions published in Redis (checked every batch), and
+        the languages whose language-mix alert is raised (service/langmix: they select the
+        profile the batch is decided under).
 
         Swapping happens between batches, so no post is dropped or decided twice; a
         version that fails to load (it never should: it was validated before publishing)
@@ -113,6 +115,7 @@ class Worker:
                 log.info("worker %s: shadow policy cleared", self.name)
             else:
                 self._swap("shadow", current["shadow"])
+        self.moderator.use_drift(self.langmix.current())
 
     def _swap(self, role: str, version: str) -> None:
         bundle = self.registry.bundle(version)
@@ -164,7 +167,6 @@ class Worker:
             try:
                 self.consumer.ensure_group()
                 self.sync_policy()
-                self.moderator.use_drift(self.langmix.current())
                 break
             except UNAVAILABLE as exc:
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
@@ -219,8 +221,9 @@ class Worker:
             batch = self.consumer.read_batch(s.batch_size, s.batch_max_wait_ms, first_block_ms=500)
         if not batch:
             self.sync_policy()
-            with self.client.pipeline(transaction=False) as pipe:  # idle: the alert moves on
-                self._follow_drift(pipe, [])
+            if self.moderator.policy.policy.language_mix is not None:
+                with self.client.pipeline(transaction=False) as pipe:  # idle: judged on
+                    self._follow_drift(pipe, [])
             return 0
         self.sync_policy()
         return self.process(batch)
@@ -402,7 +405,7 @@ class Worker:
     def _observe(self, decisions: list, batch: tuple[int, float] | None) -> None:
         """One pipeline per batch: its size and decide time, and for new decisions only the
         enqueue -> decision latency, the decision counters and their languages (language-mix
-        drift: the same round trip reads the alert state the next batch decides under)."""
+        drift: and this worker's try at judging the window)."""
         if not decisions and batch is None:
             return
         labels = [(d.language.code, d.action, c) for d in decisions
@@ -419,12 +422,11 @@ class Worker:
 
     def _follow_drift(self, pipe, languages: list[str]) -> None:
         """Language-mix drift, in the caller's pipeline (executed here): count the languages,
-        judge the window when this worker's turn has come, and take the alert state the next
-        batch decides under (service/langmix)."""
+        and judge the window when this worker's turn has come (service/langmix)."""
         lp, now = self.moderator.policy, time.time()
         mine = self.langmix.queue(pipe, lp.policy, languages, now)
         results = pipe.execute()
-        self.moderator.use_drift(self.langmix.settle(results[-mine:], lp.policy, lp.version, now))
+        self.langmix.settle(results[len(results) - mine :], lp.policy, lp.version, now)
 
 
 def run_worker(settings: Settings) -> None:

@@ -148,10 +148,6 @@ def alerts_of(state: Mapping | None) -> dict[str, Alert]:
     return {code: Alert(**a) for code, a in ((state or {}).get("raised") or {}).items()}
 
 
-def raised_languages(state: Mapping | None) -> frozenset[str]:
-    return frozenset(((state or {}).get("raised") or {}).keys())
-
-
 def snapshot(
     reading: Reading,
     spec: LanguageMix,

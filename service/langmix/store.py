@@ -6,14 +6,16 @@ Keys (``fg`` is the deployment's prefix):
                             ``<start>`` (epoch seconds; ``FLOODGATE_LANGUAGE_MIX_BUCKET_S``
                             wide), kept for the window and two buckets more
 * ``fg:langmix:lock``       who judges now: ``SET NX PX`` for ``FLOODGATE_LANGUAGE_MIX_CHECK_S``
-* ``fg:langmix:state``      hash: ``seq`` (bumped by every write) and ``data`` (JSON:
-                            ``drift.snapshot``: shares, marks, raised alerts, profile, history)
+* ``fg:langmix:state``      hash: ``seq`` (bumped by every write), ``raised`` (the raised
+                            languages, comma-separated) and ``data`` (JSON: ``drift.snapshot``:
+                            shares, marks, raised alerts, profile, history)
 
-Each worker adds its batch's languages, a try at the lock and a read of the state to the
-batch's one telemetry round trip. The worker that got the lock reads the window and moves
+Each worker adds its batch's languages and a try at the lock to the batch's one telemetry
+round trip (idle, the try alone). The worker that got the lock reads the window and moves
 the state with a compare-and-set on ``seq`` (so two judges, should a lock expire mid-way,
-cannot both move it), and logs each raise and clear once. Every worker decides its next
-batch under the profile the state's raised languages select in its own policy.
+cannot both move it), and logs each raise and clear once. Every worker reads ``raised``
+before each batch, with the policy versions, and decides the batch under the profile those
+languages select in its own policy.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from service.policy.model import Policy
 log = logging.getLogger("floodgate.langmix")
 
 CAS_LUA = """
--- KEYS[1]: the state hash; ARGV[1]: the seq the new state was computed from, ARGV[2]: it
+-- KEYS[1]: the state hash; ARGV[1]: the seq the new state was computed from, ARGV[2]: it,
+-- ARGV[3]: its raised languages
 if (redis.call('HGET', KEYS[1], 'seq') or '0') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), 'data', ARGV[2])
+redis.call('HSET', KEYS[1], 'seq', tostring(tonumber(ARGV[1]) + 1), 'data', ARGV[2],
+           'raised', ARGV[3])
 return 1
 """
 
@@ -63,41 +67,35 @@ class DriftMonitor:
         self._cas = client.register_script(CAS_LUA)
 
     def queue(self, pipe, policy: Policy, languages: Sequence[str], now_s: float) -> int:
-        """Add to the worker's telemetry pipeline: the batch's new decisions' languages (when
-        the policy watches the mix), a try at the judge's lock, a read of the state. Returns
-        how many results, at the end of the pipeline's, are this monitor's (see ``settle``)."""
-        spec, n = policy.language_mix, 1
-        if spec is not None:
-            if languages:
-                key = self.keys.bucket(drift.bucket_of(now_s, self.bucket_s))
-                for code, count in drift.count_languages(languages).items():
-                    pipe.hincrby(key, code, count)
-                pipe.expire(key, drift.bucket_ttl_s(spec.window_minutes * 60, self.bucket_s))
-                n += len(set(languages)) + 1
-            pipe.set(self.keys.lock, self.name, nx=True, px=self.check_ms)
-            n += 1
-        pipe.hget(self.keys.state, "data")
-        return n
+        """Add to the worker's telemetry pipeline, when the policy watches the mix: the
+        batch's new decisions' languages and a try at the judge's lock. Returns how many
+        results, at the end of the pipeline's, are this monitor's (0: none; see ``settle``)."""
+        spec = policy.language_mix
+        if spec is None:
+            return 0
+        if languages:
+            key = self.keys.bucket(drift.bucket_of(now_s, self.bucket_s))
+            for code, count in drift.count_languages(languages).items():
+                pipe.hincrby(key, code, count)
+            pipe.expire(key, drift.bucket_ttl_s(spec.window_minutes * 60, self.bucket_s))
+        pipe.set(self.keys.lock, self.name, nx=True, px=self.check_ms)
+        return len(set(languages)) + 1 + bool(languages)
 
-    def settle(
-        self, results: Sequence, policy: Policy, version: str, now_s: float
-    ) -> frozenset[str]:
-        """This monitor's ``results`` of the pipeline: judge the window if the lock was ours;
-        returns the languages whose alert is raised now."""
-        state = json.loads(results[-1]) if results[-1] else None
-        if policy.language_mix is not None and results[-2] is True:
-            try:
-                state = self.judge(policy, version, now_s) or state
-            except redis.RedisError:
-                raise
-            except Exception:  # a bug here must not stop moderation: the state stays
-                log.exception("language mix: judging the window failed")
-        return drift.raised_languages(state)
+    def settle(self, results: Sequence, policy: Policy, version: str, now_s: float) -> None:
+        """This monitor's ``results`` of the pipeline: judge the window if the lock was ours."""
+        if not results or policy.language_mix is None or results[-1] is not True:
+            return
+        try:
+            self.judge(policy, version, now_s)
+        except redis.RedisError:
+            raise
+        except Exception:  # a bug here must not stop moderation: the state stays
+            log.exception("language mix: judging the window failed")
 
     def current(self) -> frozenset[str]:
-        """The raised languages as stored (a worker's start)."""
-        raw = self.client.hget(self.keys.state, "data")
-        return drift.raised_languages(json.loads(raw) if raw else None)
+        """The raised languages as stored: what the next batch decides under."""
+        raw = self.client.hget(self.keys.state, "raised")
+        return frozenset(filter(None, (raw or "").split(",")))
 
     def judge(self, policy: Policy, version: str, now_s: float) -> dict | None:
         """Read the window, assess it, store the new state if nobody moved it meanwhile
@@ -117,7 +115,8 @@ class DriftMonitor:
         state = drift.snapshot(reading, spec, previous=previous, now_ms=now_ms,
                                bucket_s=self.bucket_s, profile=profile, policy_version=version,
                                evaluator=self.name)  # fmt: skip
-        if not self._cas(keys=[self.keys.state], args=[seq or "0", json.dumps(state)]):
+        raised = ",".join(sorted(reading.raised))
+        if not self._cas(keys=[self.keys.state], args=[seq or "0", json.dumps(state), raised]):
             return None
         for move in reading.transitions:
             _log(move, state["window_s"], profile)
