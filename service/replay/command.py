@@ -1,7 +1,7 @@
 """``floodgate replay``: one run, a policy comparison, or the saturation search.
 
-Kept out of service/commands/replay.py (which only declares the options) so that it can be called and
-tested directly: ``main(...)`` returns the exit code.
+Kept out of service/commands/replay.py (which only declares the options) so that it can be
+called and tested directly: ``main(...)`` returns the exit code.
 
 Exit codes: 0 ok; 1 a ``--fail-if`` condition held; 2 usage error.
 """
