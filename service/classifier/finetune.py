@@ -232,6 +232,146 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+class _Run:
+    """One run's moving parts: the trained layers and the throw-away head, the optimiser and
+    its one-cycle schedule, the weighted loss, and how far the run is (what a checkpoint
+    holds, so that a resumed run continues bit for bit)."""
+
+    def __init__(self, enc, train: list[Example], w: np.ndarray, s: FinetuneSettings, cut: int,
+                 checkpoint: Path) -> None:  # fmt: skip
+        import torch
+
+        hs = TrainSettings()
+        self.torch, self.model, self.s, self.cut, self.n = torch, enc.model, s, cut, len(train)
+        self.checkpoint = checkpoint
+        self.trained = self.model.encoder.layer[cut:]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in self.trained.parameters():
+            p.requires_grad_(True)
+        self.head = _head(enc.dim, hs)
+        self.opt = torch.optim.AdamW([{"params": self.trained.parameters(), "lr": s.learning_rate},
+                                      {"params": self.head.parameters(), "lr": hs.learning_rate}],
+                                     weight_decay=s.weight_decay)  # fmt: skip
+        self.per_epoch = _steps_per_epoch(len(train), s)
+        self.total = total = s.epochs * self.per_epoch
+        # torch's one-cycle divides by the warm-up's length in steps minus one: keep it >= 2
+        # steps (a real run has thousands; only tiny test runs need this)
+        warmup = s.warmup if s.warmup * total >= 2 or total < 4 else min(2 / total, 0.5)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            self.opt, max_lr=[s.learning_rate, hs.learning_rate], total_steps=total,
+            pct_start=warmup,
+        )  # fmt: skip
+        y, m = targets(train)
+        pos, neg = (y * m).sum(0), ((1 - y) * m).sum(0)
+        self.loss_fn = torch.nn.BCEWithLogitsLoss(
+            pos_weight=torch.tensor(np.clip(neg / np.maximum(pos, 1), 1.0, hs.max_pos_weight)),
+            reduction="none",
+        )
+        self.Y, self.M = torch.from_numpy(y), torch.from_numpy(m)
+        # drawn by weight: each draw counts 1; a full pass: each example counts its weight
+        self.W = torch.ones(len(train)) if s.samples_per_epoch else torch.from_numpy(w)
+        self.done, self.losses, self.epoch_total, self.prior_s, self.resumed = 0, [], 0.0, 0.0, 0
+
+    def restore(self, state: dict) -> None:
+        self.trained.load_state_dict(state["layers"])
+        self.head.load_state_dict(state["head"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.torch.set_rng_state(state["torch_rng"])
+        self.done, self.losses = state["step"], state["losses"]
+        self.epoch_total = state["epoch_total"]
+        self.prior_s, self.resumed = state["seconds"], state["resumed"] + 1
+
+    def save(self, fingerprint: str, started: float) -> None:
+        path = self.checkpoint
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        self.torch.save({
+            "fingerprint": fingerprint, "step": self.done, "losses": self.losses,
+            "epoch_total": self.epoch_total,
+            "seconds": self.prior_s + time.perf_counter() - started,
+            "resumed": self.resumed, "layers": self.model.encoder.layer[self.cut:].state_dict(),
+            "head": self.head.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "torch_rng": self.torch.get_rng_state(),
+        }, tmp)  # fmt: skip
+        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
+
+    def step(self, batch: np.ndarray, inputs: list) -> float:
+        """One optimiser step on a batch of example indices; returns its loss."""
+        torch = self.torch
+        idx = torch.from_numpy(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if self.cut:
+                pooled = run_top(self.model, self.trained, [inputs[i] for i in batch],
+                                 self.s.checkpointing)  # fmt: skip
+            else:
+                pooled = run_whole(self.model, [inputs[i] for i in batch], self.s.checkpointing)
+            logits = self.head(pooled)
+        weighted = self.loss_fn(logits.float(), self.Y[idx]) * self.M[idx] * self.W[idx, None]
+        loss = weighted.sum() / self.M[idx].sum().clamp(min=1)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.done += 1
+        self.epoch_total += float(loss.detach()) * len(batch)
+        return float(loss.detach())
+
+    def weights(self) -> dict:
+        """The trained layers under the base model's names, in bf16."""
+        bf16 = self.torch.bfloat16
+        return {f"encoder.layer.{self.cut + i}.{k}": v.detach().to(bf16).contiguous()
+                for i, layer in enumerate(self.trained)
+                for k, v in layer.state_dict().items()}  # fmt: skip
+
+
+def _train(run: _Run, inputs: list, lengths: np.ndarray, w: np.ndarray, save: Callable[[], None],
+           stop: Callable[[int], bool] | None, checkpoint_every_s: float, log,
+           progress: bool | None) -> None:  # fmt: skip
+    """Step until done; save every `checkpoint_every_s`, at each epoch's end and when asked
+    to stop (then raise `FinetuneInterrupted`)."""
+    s, total, per_epoch = run.s, run.total, run.per_epoch
+    run.model.train()
+    if not run.cut:
+        run.model.embeddings.eval()  # frozen: no dropout on the looked-up embeddings
+    bar = _progress(total, run.done, progress)
+    run_started, run_steps, last_save = time.perf_counter(), 0, time.perf_counter()
+    plan: tuple[int, list] = (-1, [])
+    try:
+        with _StopFlag() as flag:
+            while run.done < total:
+                epoch, k = divmod(run.done, per_epoch)
+                if plan[0] != epoch:
+                    plan = (epoch, _epoch_plan(epoch, lengths, w, s))
+                loss = run.step(plan[1][k], inputs)
+                done, run_steps = run.done, run_steps + 1
+                if done % per_epoch == 0:  # an epoch ends
+                    run.losses.append(round(run.epoch_total / (s.samples_per_epoch or run.n), 4))
+                    run.epoch_total = 0.0
+                    log(f"epoch {epoch + 1}/{s.epochs}: loss {run.losses[-1]}")
+                eta = (time.perf_counter() - run_started) / run_steps * (total - done)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=done, loss=f"{loss:.4f}")
+                elif done % 100 == 0 or done == total:
+                    log(f"  step {done}/{total}: loss {loss:.4f}, ETA {_eta(eta)}")
+                if done == total:
+                    break
+                stopping = flag.raised or (stop is not None and stop(done))
+                due = time.perf_counter() - last_save >= checkpoint_every_s
+                if stopping or due or done % per_epoch == 0:
+                    save()
+                    last_save = time.perf_counter()
+                if stopping:
+                    raise FinetuneInterrupted(run.checkpoint, done, total)
+    finally:
+        if bar is not None:
+            bar.stop()
+        run.model.eval()
+        for p in run.model.parameters():
+            p.requires_grad_(False)
+
+
 def finetune(
     enc,
     examples: list[Example],
@@ -254,16 +394,14 @@ def finetune(
     from safetensors.torch import save_file
 
     check_trainable(examples)
-    s, hs = settings or FinetuneSettings(), TrainSettings()
-    model = enc.model
-    n_layers = model.config.num_hidden_layers
+    s = settings or FinetuneSettings()
+    n_layers = enc.model.config.num_hidden_layers
     if not 1 <= s.layers <= n_layers:
         raise ValueError(f"layers must be 1..{n_layers}, not {s.layers}")
     cut = n_layers - s.layers
     torch.manual_seed(s.seed)
     train = [e for e in examples if e.split == "train"]
-    y, m = targets(train)
-    w = sample_weights(train, hs)
+    w = sample_weights(train, TrainSettings())
     fingerprint = _fingerprint(enc, train, w, s)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT
     state = None
@@ -281,118 +419,17 @@ def finetune(
     else:
         inputs = token_ids(enc, [e.text for e in train])
     lengths = np.array([x.shape[0] for x in inputs])
-
-    trained = model.encoder.layer[cut:]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in trained.parameters():
-        p.requires_grad_(True)
-    head = _head(enc.dim, hs)
-    opt = torch.optim.AdamW([{"params": trained.parameters(), "lr": s.learning_rate},
-                             {"params": head.parameters(), "lr": hs.learning_rate}],
-                            weight_decay=s.weight_decay)  # fmt: skip
-    per_epoch = _steps_per_epoch(len(train), s)
-    total = s.epochs * per_epoch
-    # torch's one-cycle divides by the warm-up's length in steps minus one: keep it >= 2 steps
-    # (a real run has thousands; only tiny test runs need this)
-    warmup = s.warmup if s.warmup * total >= 2 or total < 4 else min(2 / total, 0.5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[s.learning_rate, hs.learning_rate], total_steps=total, pct_start=warmup
-    )
-    pos, neg = (y * m).sum(0), ((1 - y) * m).sum(0)
-    loss_fn = torch.nn.BCEWithLogitsLoss(
-        pos_weight=torch.tensor(np.clip(neg / np.maximum(pos, 1), 1.0, hs.max_pos_weight)),
-        reduction="none",
-    )
-    Y, M = torch.from_numpy(y), torch.from_numpy(m)
-    # drawn by weight: each draw counts 1; a full pass: each example counts its weight
-    W = torch.ones(len(train)) if s.samples_per_epoch else torch.from_numpy(w)
-
-    done, losses, epoch_total, prior_s, resumed = 0, [], 0.0, 0.0, 0
+    run = _Run(enc, train, w, s, cut, ckpt_path)
     if state is not None:
-        model.encoder.layer[cut:].load_state_dict(state["layers"])
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        done, losses, epoch_total = state["step"], state["losses"], state["epoch_total"]
-        prior_s, resumed = state["seconds"], state["resumed"] + 1
-        log(f"resumed at step {done}/{total} from {ckpt_path}")
+        run.restore(state)
+        log(f"resumed at step {run.done}/{run.total} from {ckpt_path}")
+    _train(run, inputs, lengths, w, lambda: run.save(fingerprint, started), stop,
+           checkpoint_every_s, log, progress)  # fmt: skip
+    elapsed = run.prior_s + time.perf_counter() - started
 
-    def save_checkpoint() -> None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({
-            "fingerprint": fingerprint, "step": done, "losses": losses,
-            "epoch_total": epoch_total, "seconds": prior_s + time.perf_counter() - started,
-            "resumed": resumed, "layers": model.encoder.layer[cut:].state_dict(),
-            "head": head.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
-        }, tmp)  # fmt: skip
-        os.replace(tmp, ckpt_path)  # a kill mid-write leaves the previous checkpoint whole
-
-    model.train()
-    if not cut:
-        model.embeddings.eval()  # frozen: no dropout on the looked-up embeddings
-    bar = _progress(total, done, progress)
-    run_started, run_steps, last_save = time.perf_counter(), 0, time.perf_counter()
-    plan: tuple[int, list] = (-1, [])
-    try:
-        with _StopFlag() as flag:
-            while done < total:
-                epoch, k = divmod(done, per_epoch)
-                if plan[0] != epoch:
-                    plan = (epoch, _epoch_plan(epoch, lengths, w, s))
-                batch = plan[1][k]
-                idx = torch.from_numpy(batch)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    if cut:
-                        pooled = run_top(
-                            model, trained, [inputs[i] for i in batch], s.checkpointing
-                        )
-                    else:
-                        pooled = run_whole(model, [inputs[i] for i in batch], s.checkpointing)
-                    logits = head(pooled)
-                loss = (loss_fn(logits.float(), Y[idx]) * M[idx] * W[idx, None]).sum() / M[
-                    idx
-                ].sum().clamp(min=1)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                done, run_steps = done + 1, run_steps + 1
-                epoch_total += float(loss.detach()) * len(batch)
-                if done % per_epoch == 0:  # an epoch ends
-                    losses.append(round(epoch_total / (s.samples_per_epoch or len(train)), 4))
-                    epoch_total = 0.0
-                    log(f"epoch {epoch + 1}/{s.epochs}: loss {losses[-1]}")
-                eta = (time.perf_counter() - run_started) / run_steps * (total - done)
-                if bar is not None:
-                    bar.update(bar.task_ids[0], completed=done, loss=f"{float(loss.detach()):.4f}")
-                elif done % 100 == 0 or done == total:
-                    log(f"  step {done}/{total}: loss {float(loss.detach()):.4f}, ETA {_eta(eta)}")
-                if done == total:
-                    break
-                stopping = flag.raised or (stop is not None and stop(done))
-                due = time.perf_counter() - last_save >= checkpoint_every_s
-                if stopping or due or done % per_epoch == 0:
-                    save_checkpoint()
-                    last_save = time.perf_counter()
-                if stopping:
-                    raise FinetuneInterrupted(ckpt_path, done, total)
-    finally:
-        if bar is not None:
-            bar.stop()
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-    elapsed = prior_s + time.perf_counter() - started
-
-    weights = {f"encoder.layer.{cut + i}.{k}": v.detach().to(torch.bfloat16).contiguous()
-               for i, layer in enumerate(trained) for k, v in layer.state_dict().items()}  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out_dir / WEIGHTS))
+    save_file(run.weights(), str(out_dir / WEIGHTS))
     digest = hashlib.sha256((out_dir / WEIGHTS).read_bytes()).hexdigest()
     manifest = {
         "version": digest[:8],
@@ -401,10 +438,10 @@ def finetune(
         "layers": list(range(cut, n_layers)),
         "settings": asdict(s),
         "train_examples": len(train),
-        "steps": total,
-        "epoch_losses": losses,
+        "steps": run.total,
+        "epoch_losses": run.losses,
         "seconds": round(elapsed),
-        "resumed": resumed,
+        "resumed": run.resumed,
         "torch": torch.__version__,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
