@@ -21,6 +21,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _keys_with_values(model: BaseModel, empty: str, what: str) -> None:
+    """A mapping that names at least one key, and none of them without a value."""
+    if not model.model_fields_set:
+        raise ValueError(empty)
+    nulls = sorted(n for n in model.model_fields_set if getattr(model, n) is None)
+    if nulls:
+        raise ValueError(f"{what} without a value: {', '.join(nulls)}")
+
+
 class Category(_Strict):
     description: str = Field(min_length=3)
     threshold: float = Field(ge=0.0, le=1.0)
@@ -86,12 +95,8 @@ class Condition(_Strict):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Condition:
-        if not self.model_fields_set:
-            raise ValueError("empty condition")
         # `language: null` would silently match every post: refuse it
-        nulls = sorted(n for n in self.model_fields_set if getattr(self, n) is None)
-        if nulls:
-            raise ValueError(f"condition keys without a value: {', '.join(nulls)}")
+        _keys_with_values(self, "empty condition", "condition keys")
         if (self.min_score is not None or self.max_score is not None) and self.category is None:
             raise ValueError("min_score/max_score need a category")
         return self
@@ -221,11 +226,7 @@ class _Change(_Strict):
 
     @model_validator(mode="after")
     def _set(self) -> _Change:
-        if not self.model_fields_set:
-            raise ValueError("empty change: name what the profile changes")
-        nulls = sorted(n for n in self.model_fields_set if getattr(self, n) is None)
-        if nulls:
-            raise ValueError(f"keys without a value: {', '.join(nulls)}")
+        _keys_with_values(self, "empty change: name what the profile changes", "keys")
         return self
 
 
