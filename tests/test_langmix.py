@@ -126,9 +126,10 @@ def test_default_policy_switches_to_surge_while_english_drifts():
     assert lp.profile is None and lp.under(set()) is lp and lp.under({"ja"}) is lp
     surge = lp.under({"en"})
     assert (surge.profile, surge.version, surge.name) == ("surge", lp.version, lp.name)
-    # the platform pushed less English content to Chinese users
+    # an ordinary English post: labelled for the cn feed's ranking, never limited for its
+    # language alone, surge or not
     assert evaluate(lp, _en_facts())["cn"].action == "label"
-    assert evaluate(surge, _en_facts())["cn"].action == "limit_reach"
+    assert evaluate(surge, _en_facts())["cn"].action == "label"
     assert evaluate(surge, _en_facts())["intl"].action == "allow"
     # English ads are limited from 0.4 under surge (harmful-other-limit), 0.5 otherwise
     ad = _en_facts(scam_spam=0.45)
@@ -302,7 +303,10 @@ def test_a_policy_without_language_mix_counts_nothing(settings, rclient):
 def _policy_copy(tmp_path: Path) -> Path:
     text = DEFAULT.read_text("utf-8")
     small = (("  window_minutes: 30\n  min_posts: 1000\n", "  window_minutes: 10\n  min_posts: 40\n"),
-             ("clear_at: {factor: 2.5, jump: 0.03}", "clear_at: {factor: 4, jump: 0.04}"))  # fmt: skip
+             ("clear_at: {factor: 2.5, jump: 0.03}", "clear_at: {factor: 4, jump: 0.04}"),
+             # an overlay every English probe shows: the cn feed's label becomes a limit
+             ("    rules:\n      new-account-burst:",
+              "    rules:\n      english-in-cn-feed: {action: limit_reach}\n      new-account-burst:"))  # fmt: skip
     for old, new in small:
         assert old in text, "the default policy's language_mix changed: update this test"
         text = text.replace(old, new)
