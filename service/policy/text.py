@@ -90,3 +90,50 @@ class KeywordMatcher:
         if self.pattern is None:
             return []
         return sorted({m.group(0) for form in forms for m in self.pattern.finditer(form)})
+
+
+# -- the model's view of a post -----------------------------------------------------------
+# What an evader inserts between CJK characters: spaces, symbols and emoji (Unicode S*),
+# variation selectors and modifiers, and a few ASCII marks. Not punctuation such as "，" or
+# "、": between clauses it is ordinary writing, and the model reads it.
+_GAP_MARKS = frozenset(".-_*/|~·•+=^")
+_CJK_RUN = re.compile(rf"(?<=[{_CJK}])([^{_CJK}]{{1,4}})(?=[{_CJK}])")
+
+
+def _gap_like(run: str) -> bool:
+    return all(
+        ch.isspace() or ch in _GAP_MARKS or unicodedata.category(ch)[0] in "SM" for ch in run
+    )
+
+
+def _drop_gaps(text: str) -> str:
+    """Spaces and marks between CJK characters go; an emoji or symbol goes only where the
+    same one separates CJK characters at least twice (`加😀微😀信`): once, it may stand for
+    a word (`🐶东西`)."""
+    runs = [m.group(1) for m in _CJK_RUN.finditer(text)]
+    repeated = {r for r in runs if runs.count(r) >= 2}
+
+    def keep(m: re.Match) -> str:
+        run = m.group(1)
+        if not _gap_like(run):
+            return run
+        plain = all(ch.isspace() or ch in _GAP_MARKS for ch in run)
+        return "" if plain or run in repeated else run
+
+    return _CJK_RUN.sub(keep, text)
+
+
+def model_view(text: str) -> str:
+    """The text the classifier reads: the keyword folding without its casefold (case carries
+    tone: "SHUT UP") and without dropping punctuation. NFKC (full-width letters and digits),
+    invisible characters removed, Traditional -> Simplified, and the spacing and emoji an
+    evader puts between CJK characters or single Latin letters removed (`加 😀 微 信` ->
+    `加微信`, `c a s i n o` -> `casino`)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    text = text.translate(_traditional_to_simplified())
+    text = _drop_gaps(text)
+    previous = None
+    while previous != text:
+        previous, text = text, _LETTER_GAP.sub(r"\1", text)
+    return text
