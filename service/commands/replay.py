@@ -23,7 +23,10 @@ def replay(
     policy: Path = typer.Option(None, help="policy file for the embedded service"),
     compare: tuple[Path, Path] = typer.Option(None, help="POLICY_A POLICY_B: replay under both"),
     find_capacity: bool = typer.Option(
-        False, "--find-capacity", help="saturation search (smoke mix)"
+        False, "--find-capacity", help="saturation search (default: refugee_surge, every phase's mix)"
+    ),
+    capacity_phase: str = typer.Option(
+        "all", help="--find-capacity: the scenario phase whose mix is sent, or all of them"
     ),
     capacity_workers: str = typer.Option("1,2", help="worker counts for --find-capacity"),
     step_seconds: float = typer.Option(20.0, help="length of each --find-capacity step"),
@@ -41,6 +44,7 @@ def replay(
                 time_scale=time_scale, duration=duration, seed=seed, workers=workers, out=out,
                 fail_if=fail_if, policy=policy, compare=compare or None,
                 find_capacity=find_capacity, capacity_workers=capacity_workers,
+                capacity_phase=capacity_phase,
                 step_seconds=step_seconds, start_rate=start_rate, drain_timeout=drain_timeout,
                 progress=progress, reviewers=reviewers)  # fmt: skip
     raise typer.Exit(code)

@@ -21,8 +21,8 @@ from rich.console import Console
 from service.config import get_settings
 from service.processes import EmbeddedService
 from service.replay import analysis, pages
+from service.replay.capacity import constant_scenario, write_capacity
 from service.replay.capacity import find_capacity as search
-from service.replay.capacity import write_capacity
 from service.replay.kinds import ScenarioError
 from service.replay.metrics import FailIfError, evaluate_fail_if, parse_fail_if
 from service.replay.plots import plot_compare
@@ -94,7 +94,8 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
          duration: float | None = None, seed: int = 1, workers: int = 1,
          out: Path | None = None, fail_if: str | None = None, policy: Path | None = None,
          compare: tuple[Path, Path] | None = None, find_capacity: bool = False,
-         capacity_workers: str = "1,2", step_seconds: float = 20.0, start_rate: float = 8.0,
+         capacity_workers: str = "1,2", capacity_phase: str = "all",
+         step_seconds: float = 20.0, start_rate: float = 8.0,
          progress: bool = True, drain_timeout: float = 120.0, max_in_flight: int = 8,
          batch: int = 500, reviewers: bool = True) -> int:  # fmt: skip
     try:
@@ -110,7 +111,7 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
         _err("--policy needs --embedded (a running service has its own policy)")
         return 2
     try:
-        sc = load(scenario if scenario or not find_capacity else "smoke")
+        sc = load(scenario if scenario or not find_capacity else "refugee_surge")
     except (ScenarioError, FileNotFoundError) as exc:
         for line in getattr(exc, "errors", [str(exc)]):
             _err(line)
@@ -131,9 +132,14 @@ def _main(scenario: str | None = None, *, target: str | None = None, embedded: b
 
     if find_capacity:
         ws = [int(x) for x in capacity_workers.split(",") if x.strip()]
+        try:  # an unknown phase is refused before anything starts
+            constant_scenario(sc, 1.0, 1.0, capacity_phase)
+        except ValueError as exc:
+            _err(f"--capacity-phase: {exc}")
+            return 2
         res = search(sc, ws, step_s=step_seconds, start_rate=start_rate, seed=seed,
                      policy=policy, log=lambda m: print(m, file=sys.stderr),
-                     log_dir=out)  # fmt: skip
+                     log_dir=out, phase=capacity_phase)  # fmt: skip
         files = write_capacity(res, out)
         print((out / "capacity.md").read_text())
         print(f"written: {', '.join(str(f) for f in files)}", file=sys.stderr)
