@@ -43,6 +43,12 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _threshold(heads: TrainedHeads, name: str, language: str) -> float:
+    """The threshold the policy applies to ``name`` in ``language`` (its per-language value
+    where it has one; see ``policy_thresholds``)."""
+    return getattr(heads, "language_thresholds", {}).get(language, heads.thresholds)[name]
+
+
 def _suite(cache, heads: TrainedHeads, texts: list[str], language: str) -> np.ndarray:
     emb = cache.embed(texts, prefix="query: ")
     return heads.probabilities(emb, [language] * len(texts))
@@ -65,7 +71,7 @@ def hatecheck(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
     cases = _rows(root / "hatecheck" / "test_suite_cases.csv")
     probs = _suite(cache, heads, [c["test_case"].strip() for c in cases], "en")
     hate = heads.outputs.index("hate")
-    ours = _accuracy(cases, list(probs[:, hate] >= heads.thresholds["hate"]))
+    ours = _accuracy(cases, list(probs[:, hate] >= _threshold(heads, "hate", "en")))
     anchors = {
         r["case_id"]: r
         for r in _rows(
@@ -83,7 +89,7 @@ def mhc(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
     cases = _rows(root / "mhc_mandarin" / "hatecheck_cases_final_mandarin.csv")
     probs = _suite(cache, heads, [c["test_case"].strip() for c in cases], "zh")
     hate = heads.outputs.index("hate")
-    return _accuracy(cases, list(probs[:, hate] >= heads.thresholds["hate"]))
+    return _accuracy(cases, list(probs[:, hate] >= _threshold(heads, "hate", "zh")))
 
 
 def xstest(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
@@ -91,7 +97,7 @@ def xstest(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
     probs = _suite(cache, heads, [r["prompt"] for r in rows], "en")
     cols = [heads.outputs.index(c) for c in CATEGORIES]
     flagged = [
-        any(probs[i, j] >= heads.thresholds[heads.outputs[j]] for j in cols)
+        any(probs[i, j] >= _threshold(heads, heads.outputs[j], "en") for j in cols)
         for i in range(len(rows))
     ]
     safe = [f for r, f in zip(rows, flagged, strict=True) if r["label"] == "safe"]
@@ -138,7 +144,8 @@ def transfer(
     emb = cache.embed([e.text for e in examples], prefix="query: ")
     probs = heads.probabilities(emb, [e.language for e in examples])
     probs = probs[:, [heads.outputs.index(o) for o in OUTPUTS]]
-    flagged = probs >= np.array([heads.thresholds[o] for o in OUTPUTS])
+    flagged = np.stack([probs[i] >= np.array([_threshold(heads, o, e.language) for o in OUTPUTS])
+                        for i, e in enumerate(examples)])  # fmt: skip
     harmful = [OUTPUTS.index(c) for c in CATEGORIES]
     covers = {src.name: src.covers for src in SOURCES}
     out: dict = {}
@@ -248,12 +255,17 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
     return out
 
 
-def policy_thresholds(heads: TrainedHeads, policy_path: Path) -> dict[str, float]:
-    """The thresholds the service applies: the policy's, where it names the category."""
+def policy_thresholds(
+    heads: TrainedHeads, policy_path: Path, language: str | None = None
+) -> dict[str, float]:
+    """The thresholds the service applies: the policy's (for ``language``, where it sets
+    one per language), where it names the category."""
     from service.policy import load_policy
 
     categories = load_policy(policy_path).policy.categories
-    return {name: categories[name].threshold if name in categories else heads.thresholds[name]
+    return {name: (categories[name].threshold_for(language) if language
+                   else categories[name].threshold)
+            if name in categories else heads.thresholds[name]
             for name in heads.outputs}  # fmt: skip
 
 
@@ -270,10 +282,13 @@ def evaluate(
     # judge the model at the thresholds the default policy applies (calibrated: one number
     # for both languages), not at the F1-optimal ones found in training
     heads.thresholds = policy_thresholds(heads, policy_path)
+    heads.language_thresholds = {lang: policy_thresholds(heads, policy_path, lang)
+                                 for lang in ("en", "zh")}  # fmt: skip
     log("held-out test split ...")
     examples = _test_split(heads)
     probs = _held_out_probs(cache, heads, examples)
     result = {"heads_version": heads.version, "thresholds": heads.thresholds,
+              "thresholds_by_language": heads.language_thresholds,
               "held_out": held_out(cache, heads, examples, probs)}  # fmt: skip
     log("lexicon rules ...")
     result["lexicon"] = lexicon_effect(heads, examples, probs, policy_path)
