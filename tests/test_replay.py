@@ -374,6 +374,8 @@ def test_replay_drives_the_review_queues_and_english_overflows(redis_url, model_
     assert set(en["unresolved"]) <= {"queued", "in_review"}
     t = en["time_to_human_decision"]
     assert t["count"] == en["resolved"] and 0 < t["p50_s"] <= t["p99_s"]
+    w = en["review_wait"]
+    assert w["count"] == en["resolved"] and 0 < w["p50_s"] <= w["p99_s"] <= t["p99_s"]
     assert 0 <= en["within_sla"] <= 1
     assert en["max_depth"] <= 5  # en/general holds 4, en/self_harm 1 (+ those in review)
     # the service's own counters agree with the decisions the replay read
@@ -388,3 +390,5 @@ def test_replay_drives_the_review_queues_and_english_overflows(redis_url, model_
     assert judged == en["resolved"]
     page = (out / "report.html").read_text()
     assert "Human review" in page and "limited by the fallback" in page
+    assert report["summary"]["review_unaccounted"] == 0
+    assert report["summary"]["review_overflowed"] == en["overflowed"] + zh["overflowed"]

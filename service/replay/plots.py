@@ -154,21 +154,32 @@ def _review_groups(report: dict) -> list[str]:
     return groups or list(report["review"])[:1]
 
 
-def _review_queues(plt, report: dict, save: _Saver) -> None:
-    """Per language: the real queue's depth and expected wait against the SLAs, overflow
-    periods shaded, and the backlog there would have been without the fallback."""
-    x = report["series"]["second"]
+def _review_panels(plt, report: dict, height: float) -> tuple[Any, list[tuple[Any, str, dict]]]:
+    """A figure with a panel per language group worth one, phases shaded: the figure and
+    (axes, group, the group's figures) per panel."""
     groups = _review_groups(report)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), height), squeeze=False)
+    panels = []
     for ax, g in zip(axes[0], groups, strict=True):
-        r = report["review"][g]
         _phases(ax, report, label=False)
+        panels.append((ax, g, report["review"][g]))
+    return fig, panels
+
+
+def _review_queues(plt, report: dict, save: _Saver) -> None:
+    """Per language: the real queues' depth against their admission limits and the expected
+    wait against the SLAs, overflow periods shaded."""
+    x = report["series"]["second"]
+    fig, panels = _review_panels(plt, report, 3.9)
+    for ax, g, r in panels:
         for p in r["overflow_periods"]:
             ax.axvspan(p["start_s"], p["end_s"], color="#ffcdd2", alpha=0.6, lw=0, zorder=0.5)
         ax.fill_between(x, [d or 0 for d in r["series"]["depth"]], color="#8e24aa", alpha=0.35,
                         step="post", label="queue depth (waiting + in review)")  # fmt: skip
-        ax.plot(x, r["without_fallback"]["backlog"], color="#8e24aa", lw=1, ls=":",
-                label="backlog without the fallback")  # fmt: skip
+        limit = sum(q["admission_limit"] or 0 for name, q in r["queues"].items()
+                    if not name.endswith("/appeal") and (q["enqueued"] or q["overflowed"]))  # fmt: skip
+        ax.axhline(limit, color="#8e24aa", lw=0.8, ls=":",
+                   label=f"admission limits of its queues ({limit})")  # fmt: skip
         ax.set(title=f"review '{g}' ({r['capacity_per_scenario_h']:.3g}/scenario h)",
                xlabel="wall seconds", ylabel="posts")  # fmt: skip
         ax2 = ax.twinx()
@@ -192,11 +203,8 @@ def _review_flow(plt, report: dict, save: _Saver) -> None:
     """Per language, cumulative: posts that waited for a human, queued, limited by the
     fallback, resolved by the reviewers."""
     x = report["series"]["second"]
-    groups = _review_groups(report)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.6), squeeze=False)
-    for ax, g in zip(axes[0], groups, strict=True):
-        r = report["review"][g]
-        _phases(ax, report, label=False)
+    fig, panels = _review_panels(plt, report, 3.6)
+    for ax, g, r in panels:
         rs = r["series"]
         for series, color, label in ((r["arrivals"], "#212121", "waited for a human"),
                                      (rs["queued"], "#8e24aa", "queued for review"),

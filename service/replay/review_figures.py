@@ -11,8 +11,9 @@ Per group (the scenario's ``review_capacity`` keys; ``other`` takes the rest):
   overflow periods (a queue held its admission limit, so a new item took the fallback) and
   how many posts the fallback limited;
 * what the simulated reviewers did: items resolved and their verdicts, the time from the
-  post's submission to its human verdict (p50 / p99, wall seconds and scenario hours), the
-  share decided within the queue's SLA, and the automated flags' precision as the verdicts
+  post's submission to its human verdict and the review wait (from the automated decision
+  to the verdict: what the queue's SLA bounds), p50 / p99 in wall seconds and scenario
+  hours, the share reviewed within the SLA, and the automated flags' precision as the verdicts
   measure it (``service.review.rules``: confirmed unless the reviewer allowed the post);
 * accounting: every queued post is resolved, or still queued or in review at the end;
 * the queue without the fallback: the demand against the capacity as a fluid queue
@@ -148,27 +149,34 @@ def _demand(first: Mapping[str, dict], at: Callable[[str], float],
     return out
 
 
+def _spread(seconds: list[float], hours_per_s: float) -> dict[str, Any]:
+    """p50 / p99 / max of wall seconds, and p50 / p99 in scenario hours."""
+    p50, p99 = percentile(seconds, 50), percentile(seconds, 99)
+    return {"count": len(seconds), "p50_s": _r(p50), "p99_s": _r(p99),
+            "max_s": _r(max(seconds, default=None)),
+            "p50_scenario_h": _r(p50 and p50 * hours_per_s, 4),
+            "p99_scenario_h": _r(p99 and p99 * hours_per_s, 4)}  # fmt: skip
+
+
 def _verdict_figures(run, verdicts: list[dict], slas: Mapping[str, float | None]) -> dict[str, Any]:
-    """Resolved, verdicts, time to human decision, share within the SLA, precision."""
+    """Resolved, verdicts, time to human decision (from the post's submission) and review
+    wait (from its automated decision: what the SLA bounds), share within the SLA,
+    precision."""
     hours = run.time_scale / 3600.0
-    waits = [v["at_ms"] / 1000 - run.accepted[v["post_id"]] for v in verdicts
+    total = [v["at_ms"] / 1000 - run.accepted[v["post_id"]] for v in verdicts
              if v["post_id"] in run.accepted]  # fmt: skip
-    within = [(v["at_ms"] / 1000 - v["decided_ts"]) * run.time_scale <= slas[v["queue"]]
-              for v in verdicts if v.get("decided_ts") and slas.get(v["queue"])]  # fmt: skip
+    waits = {id(v): v["at_ms"] / 1000 - v["decided_ts"] for v in verdicts if v.get("decided_ts")}
+    within = [waits[id(v)] * run.time_scale <= slas[v["queue"]]
+              for v in verdicts if id(v) in waits and slas.get(v["queue"])]  # fmt: skip
     counts: Counter = Counter()
     for v in verdicts:
         counts.update(feedback_fields(v, v["action"]))
     confirmed = sum(1 for v in verdicts if v["action"] != "allow")
-    p50, p99 = percentile(waits, 50), percentile(waits, 99)
     return {
         "resolved": len(verdicts),
         "verdicts": dict(Counter(v["action"] for v in verdicts)),
-        "time_to_human_decision": {
-            "count": len(waits),
-            "p50_s": _r(p50), "p99_s": _r(p99), "max_s": _r(max(waits, default=None)),
-            "p50_scenario_h": _r(p50 and p50 * hours, 4),
-            "p99_scenario_h": _r(p99 and p99 * hours, 4),
-        },  # fmt: skip
+        "time_to_human_decision": _spread(total, hours),
+        "review_wait": _spread(list(waits.values()), hours),
         "within_sla": round(sum(within) / len(within), 4) if within else None,
         "reviewed_precision": round(confirmed / len(verdicts), 4) if verdicts else None,
         "precision": precision_rows(counts),

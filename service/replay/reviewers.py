@@ -13,7 +13,9 @@ the policy's pools) is read per *scenario* hour, so a desk resolves
 queue's depth with ``capacity x SLA`` items, which involves no clock, so the two agree: an
 admitted item waits at most its SLA in scenario time. Within a language, the desk serves the
 queue closest to its SLA first (expected wait / SLA), and each queue in its priority order.
-The review itself takes no time (a reviewer's minutes are seconds of scenario time).
+A desk is one fluid reviewer: its capacity accrues into credit, one claim and verdict per
+whole item of credit; when a claim finds the queue empty the credit is dropped (idle time is
+not a reserve), so an item that arrives at an idle desk waits up to one item's time.
 
 A scenario is a sample of the platform (``refugee_surge``: 180 posts a day at baseline), so
 its reviewers are a sample too: ``scenario_pools`` turns the scenario's ``review_capacity``
@@ -192,8 +194,9 @@ class Desks:
             want = int(credit)
             done = await self._work(lang, queues, want) if want else 0
             credit -= done
-            # unspent capacity with nothing to review is idle time, not a reserve
-            self.credit[lang] = min(credit, 1.0) if done < want else credit
+            # capacity with nothing to review is idle time, not a reserve: an empty queue
+            # starts the next item's time afresh
+            self.credit[lang] = 0.0 if done < want else credit
 
     async def _work(self, lang: str, queues: list[dict], want: int) -> int:
         items: list[dict] = []
