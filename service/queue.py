@@ -168,6 +168,7 @@ class Entry:
 
 
 QUEUED, DUPLICATE, FULL = "queued", "duplicate", "full"
+POLL_S = 0.005  # how often a batch that waits for queued posts looks for more
 _OUTCOME = {1: QUEUED, 0: DUPLICATE, -1: FULL}
 
 
@@ -196,15 +197,16 @@ class AsyncProducer:
         if not posts:
             return []
         now_ms = str(int(time.time() * 1000))
+        stream = self.keys.sync_posts if priority else self.keys.posts
+        calls = [([self.keys.accepted(post_id), stream],
+                  [self.retention_s, post_id, json.dumps(post, ensure_ascii=False), now_ms,
+                   self.max_backlog]) for post_id, post in posts]  # fmt: skip
+        if len(calls) == 1:  # one EVALSHA: a pipeline would first ask SCRIPT EXISTS
+            [(keys, args)] = calls
+            return [_OUTCOME[int(await self._enqueue(keys=keys, args=args))]]
         async with self.client.pipeline(transaction=False) as pipe:
-            for post_id, post in posts:
-                await self._enqueue(
-                    keys=[self.keys.accepted(post_id),
-                          self.keys.sync_posts if priority else self.keys.posts],
-                    args=[self.retention_s, post_id, json.dumps(post, ensure_ascii=False), now_ms,
-                          self.max_backlog],
-                    client=pipe,
-                )  # fmt: skip
+            for keys, args in calls:
+                await self._enqueue(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         return [_OUTCOME[int(r)] for r in results]
 
@@ -240,21 +242,27 @@ class Consumer:
 
     def read_batch(self, size: int, max_wait_ms: int, first_block_ms: int = 1000) -> list[Entry]:
         """Synchronous posts first (without waiting), else block for the first entries of
-        either stream; then top the batch up for at most ``max_wait_ms``."""
+        either stream; then top the batch up.
+
+        A batch that holds synchronous posts takes only what is there already: their
+        callers are waiting, and the worker forwards one batch while the next gathers (the
+        callers answered by one batch come back while the next goes forward). Queued posts
+        alone wait up to ``max_wait_ms`` to fill the batch, polled here: Redis ends a BLOCK
+        only at its ``hz`` tick (100 ms by default), so a short BLOCK waits far longer."""
         batch = self.read(size, None, [self.keys.sync_posts])
         if not batch:
             batch = self.read(size, first_block_ms)
-        if not batch:
-            return batch
         deadline = time.monotonic() + max_wait_ms / 1000
-        while len(batch) < size:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            more = self.read(size - len(batch), left_ms)
-            if not more:
-                break
+        while batch and len(batch) < size:
+            more = self.read(size - len(batch), None)
             batch += more
+            if any(e.stream == self.keys.sync_posts for e in batch):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if not more:
+                time.sleep(min(left, POLL_S))
         return batch
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Entry]:

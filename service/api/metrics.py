@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -86,15 +86,34 @@ class Metrics:
 
     def install(self, app: FastAPI) -> None:
         """Count every request by route template and status, with its latency."""
+        app.add_middleware(_Observe, metrics=self)
 
-        @app.middleware("http")
-        async def _observe(request: Request, call_next):
-            started = time.perf_counter()
-            response = await call_next(request)
-            name = getattr(request.scope.get("route"), "path", "unmatched")
-            self.requests.labels(name, str(response.status_code)).inc()
-            self.latency.labels(name).observe(time.perf_counter() - started)
-            return response
+
+class _Observe:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and two memory
+    streams per request): the status from the response start, the route once it is known."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(name, str(status)).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
 
 
 # (name, help, the queue view's field) of each per-queue review figure (review.rules.queue_view)

@@ -15,7 +15,7 @@ import json
 
 from service.api.errors import BACKLOG_FULL, error_response, one_error
 from service.api.state import AppState
-from service.queue import FULL
+from service.queue import FULL, QUEUED
 from service.review.store import ReviewStore
 from service.schemas import PostIn
 
@@ -52,29 +52,44 @@ async def decide_now(st: AppState, posts: list[tuple[str, PostIn]]) -> list[dict
     deadline = loop.time() + st.settings.sync_deadline_s
     ids = [pid for pid, _ in posts]
     found: dict[str, dict] = {}
+    # a post queued just now cannot be decided yet: wait first. A duplicate may have been
+    # decided long ago (its reply list gone): look first.
+    wait = all(o == QUEUED for o in outcomes)
     while True:
         todo = [pid for pid in ids if pid not in found]
-        async with st.client.pipeline(transaction=False) as pipe:
-            for pid in todo:
-                pipe.get(st.keys.decision(pid))
-                pipe.get(st.keys.failed(pid))
-            values = await pipe.execute()
-        for i, pid in enumerate(todo):
-            decision, failed = values[2 * i], values[2 * i + 1]
+        left = deadline - loop.time()
+        if left <= 0:
+            raise SyncDeadline(todo, st.settings.sync_deadline_s)
+        # at most a second between looks at the store (a dead letter pushes no reply); never
+        # under 10 ms: a BLPOP timeout that rounds to 0 would wait forever on older servers
+        values = await _look(st, todo, max(min(left, 1.0), 0.01) if wait else 0)
+        wait = True
+        for pid, (decision, failed) in zip(todo, values, strict=True):
             if decision is not None:  # read as GET .../decision reads it (review merged)
                 found[pid] = await ReviewStore(st.client, st.keys.prefix).with_review(
                     json.loads(decision)
                 )
             elif failed is not None:
                 raise SyncFailed(pid, failed)
-        todo = [pid for pid in ids if pid not in found]
-        if not todo:
+        if len(found) == len(ids):
             return [found[pid] for pid in ids]
-        left = deadline - loop.time()
-        if left <= 0:
-            raise SyncDeadline(todo, st.settings.sync_deadline_s)
-        # woken by the worker's commit; at most a second between checks of the store
-        await st.waiter.blpop([st.keys.reply(pid) for pid in todo], timeout=min(left, 1.0))
+
+
+async def _look(st: AppState, post_ids: list[str], wait_s: float) -> list[tuple]:
+    """(decision, failed) of each post, after waiting up to ``wait_s`` for a worker's reply.
+
+    One round trip: BLPOP and the reads go in one pipeline on a waiter connection, and
+    Redis runs a blocked client's next commands only once the BLPOP returns."""
+    client = st.waiter if wait_s > 0 else st.client
+    async with client.pipeline(transaction=False) as pipe:
+        if wait_s > 0:
+            pipe.blpop([st.keys.reply(pid) for pid in post_ids], timeout=wait_s)
+        for pid in post_ids:
+            pipe.get(st.keys.decision(pid))
+            pipe.get(st.keys.failed(pid))
+        values = await pipe.execute()
+    values = values[1:] if wait_s > 0 else values
+    return [(values[2 * i], values[2 * i + 1]) for i in range(len(post_ids))]
 
 
 async def decide_or_answer(st: AppState, posts: list[tuple[str, PostIn]]):
