@@ -49,6 +49,23 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A batch after language detection and the model (Moderator.forward), before the policy."""
+
+    jobs: list[Job]
+    languages: list[LanguageResult]
+    embeddings: np.ndarray
+    started_ms: float  # epoch ms when the batch entered the decide path
+    seconds: float  # spent in forward
+
+    def only(self, keep: Sequence[int]) -> Forward:
+        """The same batch with only the posts at ``keep`` (in that order)."""
+        return replace(self, jobs=[self.jobs[i] for i in keep],
+                       languages=[self.languages[i] for i in keep],
+                       embeddings=self.embeddings[list(keep)])  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Subject:
     """What the policy may know of a post beside its language and scores."""
 
@@ -167,7 +184,8 @@ class Moderator:
         if key not in self._scorers:
             if len(self._scorers) > 8:  # old versions' scorers are not needed any more
                 self._scorers.clear()
-            self._scorers[key] = PolicyScorer(self.encoder, lp.policy, self.heads)
+            with self._lock:  # zero-shot anchors use the encoder, maybe beside a forward pass
+                self._scorers[key] = PolicyScorer(self.encoder, lp.policy, self.heads)
         return self._scorers[key]
 
     def use_policy(self, lp: LoadedPolicy) -> None:
@@ -192,23 +210,36 @@ class Moderator:
         self.decide([Job("warm-up", PostIn(text="hello 你好, warming up"))])
 
     def decide(self, jobs: Sequence[Job]) -> list[Decision]:
-        if not jobs:
-            return []
-        started = time.perf_counter()
-        started_ms = time.time() * 1000
-        # read once: a swap between batches must not mix two policies within one batch
-        drift = self.drift
-        lp, scorer, shadow = self.policy.under(drift), self.classifier, self.shadow
+        """Decisions for a batch: ``conclude(forward(jobs))``. The worker runs the two halves
+        in different threads, so one batch's policy and commit overlap the next one's
+        forward pass; nothing else differs."""
+        return self.conclude(self.forward(jobs)) if jobs else []
+
+    def forward(self, jobs: Sequence[Job]) -> Forward:
+        """Language and the model's embeddings of a batch: no policy, no Moderator state
+        read but the encoder (a policy swap may run beside it)."""
+        started, started_ms = time.perf_counter(), time.time() * 1000
         texts = [j.post.text for j in jobs]
         # the post's own market weighs languages (language.MARKET_PRIORS), as in the backtest
         langs = language.detect_batch(texts, [j.post.lang_hint for j in jobs],
                                       markets=[j.post.market for j in jobs])  # fmt: skip
         with self._lock:
             embeddings = self.encoder.embed(texts, prefix=QUERY, use_cache=True)
+        return Forward(list(jobs), langs, embeddings, started_ms, time.perf_counter() - started)
+
+    def conclude(self, fw: Forward) -> list[Decision]:
+        """Scores, the policy's outcome and the decisions of a batch that went forward."""
+        if not fw.jobs:
+            return []
+        started = time.perf_counter()
+        # read once: a swap between batches must not mix two policies within one batch
+        drift = self.drift
+        lp, scorer, shadow = self.policy.under(drift), self.classifier, self.shadow
+        jobs, langs, embeddings = fw.jobs, fw.languages, fw.embeddings
         scores = score(scorer, embeddings, langs)
         shadow_scores = score(shadow[1], embeddings, langs) if shadow else None
         now = datetime.now(UTC)
-        per_post_ms = (time.perf_counter() - started) * 1000
+        per_post_ms = (fw.seconds + time.perf_counter() - started) * 1000
         subjects = [
             Subject(j.post.text, j.post.market, _account_age_days(j.post, now), j.author_posts)
             for j in jobs
@@ -243,7 +274,7 @@ class Moderator:
                     policy=_policy_ref(lp),
                     model={"name": scorer.name, "version": scorer.version},
                     timings={
-                        "queue_wait_ms": round(max(started_ms - job.enqueued_ms, 0.0), 1)
+                        "queue_wait_ms": round(max(fw.started_ms - job.enqueued_ms, 0.0), 1)
                         if job.enqueued_ms
                         else 0.0,
                         "processing_ms": round(per_post_ms, 1),

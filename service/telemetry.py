@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -54,10 +55,12 @@ def bucket_field(spec: HistogramSpec, value: float) -> str:
 def observe(pipe, keys: Keys, spec: HistogramSpec, values: Iterable[float]) -> None:
     """Queue the observations on a Redis pipeline (executed with the caller's others)."""
     key = metric_key(keys, spec.name)
-    n, total = 0, 0.0
-    for v in values:
-        pipe.hincrby(key, bucket_field(spec, v), 1)
+    n, total, per_bucket = 0, 0.0, Counter()
+    for v in values:  # one HINCRBY per bucket, not per value: a batch is one round trip
+        per_bucket[bucket_field(spec, v)] += 1
         n, total = n + 1, total + v
+    for field, count in per_bucket.items():
+        pipe.hincrby(key, field, count)
     if n:
         pipe.hincrby(key, "count", n)
         pipe.hincrbyfloat(key, "sum", total)
@@ -65,8 +68,8 @@ def observe(pipe, keys: Keys, spec: HistogramSpec, values: Iterable[float]) -> N
 
 def count_decisions(pipe, keys: Keys, labels: Sequence[tuple[str, str, str]]) -> None:
     """(language, action, category) per decision; category "none" when no rule named one."""
-    for lang, action, category in labels:
-        pipe.hincrby(metric_key(keys, DECISIONS), f"{lang}|{action}|{category}", 1)
+    for field, n in Counter(f"{lang}|{action}|{category}" for lang, action, category in labels).items():
+        pipe.hincrby(metric_key(keys, DECISIONS), field, n)
 
 
 def histogram_family(spec: HistogramSpec, raw: dict[str, str]) -> HistogramMetricFamily:

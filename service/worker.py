@@ -11,6 +11,11 @@ every accepted post ends with exactly one decision or one dead letter:
   here, or deliveries to workers that died on it) it is dead-lettered too, with the error,
   and the worker goes on;
 * SIGTERM / SIGINT finish the batch in hand (decide, store, ack), then exit.
+
+Overlap: ``run`` takes a batch forward (language detection and the model) in its own
+thread and hands it to a finisher thread for the policy, the commit and the telemetry
+round trip, then reads and forwards the next batch meanwhile (torch releases the GIL in its
+operations). At most one batch waits in the finisher: two batches are in hand at most.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import redis
@@ -31,8 +37,8 @@ from service import telemetry
 from service.config import Settings
 from service.heartbeat import Heartbeat, WorkerState, live_workers
 from service.langmix.store import DriftMonitor
-from service.pipeline import Job, Moderator
-from service.policy import PolicyError, load_policy
+from service.pipeline import Forward, Job, Moderator
+from service.policy import PolicyError
 from service.policy.parse import load_bundle
 from service.queue import Consumer, Entry, Keys
 from service.redisdb import UNAVAILABLE, check_server, connect
@@ -62,9 +68,9 @@ class Worker:
             raise ValueError("the worker needs a Redis URL")
         self.settings = settings
         self.moderator = moderator
-        # the loop and the heartbeat thread: a few connections are all a worker needs
+        # the loop, the finisher and the heartbeat thread: a few connections are enough
         self.client = client or connect(
-            settings.redis_url or "", max_connections=4,
+            settings.redis_url or "", max_connections=6,
             pool_timeout_s=settings.redis_pool_timeout_s,
             socket_timeout_s=settings.redis_socket_timeout_s,
         )  # fmt: skip
@@ -90,6 +96,8 @@ class Worker:
         self._last_claim = 0.0
         self._last_prune = time.monotonic()
         self._shadow_version: str | None = None
+        self._finisher: ThreadPoolExecutor | None = None  # set while run() runs
+        self._pending: Future | None = None  # the batch in the finisher
 
     # ------------------------------------------------------------------ policy
 
@@ -172,6 +180,17 @@ class Worker:
                 log.warning("worker %s: Redis unavailable (%s), retrying in 1 s", self.name, exc)
                 time.sleep(1)
         log.info("worker %s: reading %s", self.name, ", ".join(self.consumer.streams))
+        with ThreadPoolExecutor(1, thread_name_prefix=f"finish-{self.name}") as self._finisher:
+            try:
+                self._steps(until)
+            finally:  # the batch in the finisher is stored before the worker stops
+                try:
+                    self._settle()
+                except Exception:  # not acked: its entries stay pending and are reclaimed
+                    log.exception("worker %s: the last batch was not stored", self.name)
+                self._finisher = None
+
+    def _steps(self, until: Callable[[], bool] | None) -> None:
         while not self.stopping and not (until and until()):
             try:
                 self.step()
@@ -209,7 +228,9 @@ class Worker:
                 log.info("worker %s: removed idle consumer %s", self.name, c["name"])
 
     def step(self) -> int:
-        """One batch: reclaim abandoned entries if due, else read new ones; returns decided."""
+        """One batch: reclaim abandoned entries if due, else read new ones. Inside ``run``
+        a batch of fresh entries goes forward here and the finisher concludes and stores it
+        while the next one is read; returns the decisions stored meanwhile."""
         s = self.settings
         self._note_versions()
         batch: list[Entry] = []
@@ -220,13 +241,47 @@ class Worker:
         if not batch:
             batch = self.consumer.read_batch(s.batch_size, s.batch_max_wait_ms, first_block_ms=500)
         if not batch:
+            done = self._settle()
+            self.state.holding(0)
             self.sync_policy()
             if self.moderator.policy.policy.language_mix is not None:
                 with self.client.pipeline(transaction=False) as pipe:  # idle: judged on
                     self._follow_drift(pipe, [])
-            return 0
+            return done
+        if self._finisher is None or any(e.deliveries > 1 for e in batch):
+            # redelivered entries are decided one at a time, each stored before the next
+            done = self._settle()
+            self.sync_policy()
+            return done + self.process(batch)
+        return self._overlap(batch)
+
+    def _overlap(self, batch: list[Entry]) -> int:
+        """Forward ``batch`` here, then hand it to the finisher once the previous one is
+        stored; returns the decisions stored meanwhile."""
+        assert self._finisher is not None
+        self.state.holding(len(batch))
+        jobs = self._with_author_activity(self._jobs_of(batch))
+        self._inject_crash(jobs)
+        fw = None
+        try:
+            fw = self.moderator.forward([j for _, j in jobs]) if jobs else None
+        except Exception:  # the finisher decides them again, one by one if need be
+            log.exception("worker %s: forward pass of %d failed", self.name, len(jobs))
+        done = self._settle()
+        if jobs:
+            self._pending = self._finisher.submit(self._finish, jobs, fw)
+        return done
+
+    def _finish(self, jobs: list[tuple[Entry, Job]], fw: Forward | None) -> int:
+        """The finisher's part: policy versions and alert state read after the batch was
+        (never decided under an older state), then conclude and store."""
         self.sync_policy()
-        return self.process(batch)
+        return self._decide_jobs(jobs, fw=fw)
+
+    def _settle(self) -> int:
+        """Wait for the batch in the finisher; the decisions it stored (its errors raise)."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else 0
 
     # ------------------------------------------------------------------ batch
 
@@ -270,8 +325,8 @@ class Worker:
         order = sorted(range(len(suspects)), key=lambda i: failures[i])
         return [suspects[i] for i in order]
 
-    def _decide_group(self, entries: list[Entry], alone: bool = False) -> int:
-        s = self.settings
+    def _jobs_of(self, entries: list[Entry]) -> list[tuple[Entry, Job]]:
+        """The entries as jobs; a malformed one is dead-lettered (it will never parse)."""
         jobs: list[tuple[Entry, Job]] = []
         for entry in entries:
             try:
@@ -279,10 +334,15 @@ class Worker:
                 if not entry.post_id:
                     raise ValueError("entry has no post id")
             except (KeyError, ValueError, ValidationError) as exc:
-                # a malformed entry will never parse: retrying it is pointless
-                self.consumer.dead_letter(entry, f"malformed entry: {exc}", s.decision_ttl_s)
+                self.consumer.dead_letter(entry, f"malformed entry: {exc}",
+                                          self.settings.decision_ttl_s)  # fmt: skip
                 continue
             jobs.append((entry, Job(entry.post_id, post, entry.enqueued_ms)))
+        return jobs
+
+    def _decide_group(self, entries: list[Entry], alone: bool = False) -> int:
+        s = self.settings
+        jobs = self._jobs_of(entries)
         if alone and jobs:
             [(entry, job)] = jobs
             attempts = self.consumer.record_failure(entry)  # counted before: a crash counts
@@ -297,11 +357,22 @@ class Worker:
         if not jobs:
             return 0
         self._inject_crash(jobs)
+        return self._decide_jobs(jobs, alone)
+
+    def _decide_jobs(self, jobs: list[tuple[Entry, Job]], alone: bool = False,
+                     fw: Forward | None = None) -> int:  # fmt: skip
+        """Decide and store ``jobs`` (concluding ``fw``, their forward pass, when given); a
+        batch that fails is decided again one post at a time."""
         try:
             started = time.perf_counter()
-            decisions = self.moderator.decide([j for _, j in jobs])
-            batch = (len(jobs), time.perf_counter() - started)
-            return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)), batch)
+            if fw is not None:
+                decisions = self.moderator.conclude(fw)
+                spent = fw.seconds + time.perf_counter() - started
+            else:
+                decisions = self.moderator.decide([j for _, j in jobs])
+                spent = time.perf_counter() - started
+            return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)),
+                                (len(jobs), spent))  # fmt: skip
         except Exception as exc:
             if alone:
                 self._post_failed(jobs[0][0], jobs[0][1].post_id, exc, counted=True)
@@ -427,23 +498,3 @@ class Worker:
         mine = self.langmix.queue(pipe, lp.policy, languages, now)
         results = pipe.execute()
         self.langmix.settle(results[len(results) - mine :], lp.policy, lp.version, now)
-
-
-def run_worker(settings: Settings) -> None:
-    """Entry point of a worker process (`floodgate worker` and the ones `serve` starts)."""
-    from service.logs import configure_logging
-
-    configure_logging(settings.log_format, settings.log_level)
-    registry = PolicyRegistry(connect(settings.redis_url or ""), Keys(settings.key_prefix))
-    live = registry.current()["live"]
-    bundle = registry.bundle(live) if live else None
-    # the live version in Redis wins over the file: the file may be mid-edit
-    policy = load_bundle(bundle) if bundle else load_policy(settings.policy_path)
-    moderator = Moderator.from_settings(settings, policy=policy)
-    moderator.warm_up()
-    worker = Worker(settings, moderator)
-    worker.install_signal_handlers()
-    parent = os.environ.get("FLOODGATE_PARENT_PID")
-    # started by `serve`: stop (after the batch in hand) if serve itself is gone
-    orphaned = (lambda: os.getppid() != int(parent)) if parent else None
-    worker.run(until=orphaned)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import threading
 
 import httpx
 import pytest
@@ -139,15 +140,16 @@ def test_a_poison_entry_fails_alone_and_its_batch_is_decided(settings, moderator
 
 
 class FaultInjectingModerator(Moderator):
-    """The real moderator, except that any batch holding a POISON post raises."""
+    """The real moderator, except that any batch holding a POISON post raises after its
+    forward pass (decide calls conclude too: both the worker's paths meet it)."""
 
     def __init__(self, real: Moderator) -> None:
         super().__init__(real.policy, real.classifier)
 
-    def decide(self, jobs):
-        if any("POISON" in j.post.text for j in jobs):
+    def conclude(self, fw):
+        if any("POISON" in j.post.text for j in fw.jobs):
             raise RuntimeError("injected failure")
-        return super().decide(jobs)
+        return super().conclude(fw)
 
 
 def test_a_post_that_keeps_failing_is_dead_lettered_after_max_deliveries(settings, moderator):
@@ -169,6 +171,44 @@ def test_a_post_that_keeps_failing_is_dead_lettered_after_max_deliveries(setting
         assert "injected failure" in r.json()["error"]
     assert client.hlen(keys.failures) == 0
     assert sorted(audit_ids(client, keys)) == ["ok-1", "ok-2"]
+
+
+class ThreadRecordingModerator(Moderator):
+    """The real moderator, noting which thread runs each half of the decide path."""
+
+    def __init__(self, real: Moderator) -> None:
+        super().__init__(real.policy, real.classifier)
+        self.threads: dict[str, set[str]] = {"forward": set(), "conclude": set()}
+
+    def forward(self, jobs):
+        self.threads["forward"].add(threading.current_thread().name)
+        return super().forward(jobs)
+
+    def conclude(self, fw):
+        self.threads["conclude"].add(threading.current_thread().name)
+        return super().conclude(fw)
+
+
+def test_batches_overlap_and_a_stop_finishes_every_batch_in_hand(settings, moderator):
+    """The served loop concludes and stores a batch in its finisher thread while the next
+    one goes forward, so two batches may be in hand: a stop stores both, leaving nothing
+    pending, and every post read is decided once."""
+    settings = settings.model_copy(update={"batch_size": 8})
+    keys = Keys(settings.key_prefix)
+    client = connect(settings.redis_url)
+    recorder = ThreadRecordingModerator(moderator)
+    with LiveServer(settings) as api:
+        ids = submit(api.url, 120, "overlap")
+        worker = WorkerThread(settings, recorder)
+        with worker:
+            wait_until(lambda: worker.worker.decided >= 24, 120, "three batches stored")
+        assert not worker.thread.is_alive()
+    assert consumer_pending(client, keys, settings.consumer_group) in ({}, {"test-worker": 0})
+    decided = audit_ids(client, keys)
+    assert len(decided) == len(set(decided)) == worker.worker.decided >= 24
+    assert set(decided) <= set(ids) and client.xlen(keys.posts) == len(ids) - len(decided)
+    assert recorder.threads["forward"] == {worker.thread.name}
+    assert {t.split("_")[0] for t in recorder.threads["conclude"]} == {"finish-test-worker"}
 
 
 def test_entry_redelivered_too_often_is_dead_lettered(settings, moderator):

@@ -137,7 +137,9 @@ def worker() -> None:
     # an operator's own OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from service.policy import PolicyError
-    from service.worker import run_worker
+    from service.processes import return_freed_memory, run_worker
+
+    return_freed_memory()
 
     settings = get_settings()
     if not settings.redis_url:
