@@ -131,3 +131,19 @@ def test_cli_refuses_an_unknown_split():
     result = CliRunner().invoke(app, ["policy", "tune", str(DEFAULT), "--split", "train"])
     assert result.exit_code == 2
     assert "--split must be calibration or test" in result.output
+
+
+def test_best_threshold_lowers_only_above_a_precision_floor():
+    # 10 positives at 0.3, 10 at 0.8, 16 negatives at 0.3: the best F1 (0.71) takes the 0.3
+    # group in, at precision 0.56; a 0.6 floor keeps the cut above it (F1 0.67)
+    truth = np.array([True] * 20 + [False] * 16)
+    scores = np.array([0.3] * 10 + [0.8] * 10 + [0.3] * 16)
+    on, off = np.ones(36, bool), np.zeros(36, bool)
+    low, _ = best_threshold(scores, on, off, truth)
+    assert low <= 0.3
+    kept, f1 = best_threshold(scores, on, off, truth, prefer=0.5, min_precision=0.6)
+    assert 0.3 < kept <= 0.8 and f1 == pytest.approx(2 / 3, abs=1e-3)
+    # the floor never pushes a threshold up: from 0.2, where precision is 0.56, nothing rises
+    # above what the best F1 says
+    stay, _ = best_threshold(scores, on, off, truth, prefer=0.2, min_precision=0.6)
+    assert stay >= 0.2

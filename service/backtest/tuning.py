@@ -33,6 +33,12 @@ FLAGGING = SEVERITY["limit_reach"]
 GRID = tuple(round(x, 3) for x in np.arange(0.05, 0.951, 0.025))
 NEVER = 2.0  # above any score: the condition never holds
 DIGITS = 4
+# How precise decisions must stay for a threshold to be lowered, per language. English
+# actions limit a post until one of very few bilingual reviewers gets to it (most never
+# will), so a lower English threshold must keep 60 % of what it acts on a real violation;
+# Chinese actions queue the post for a large Chinese review team, where recall is worth
+# more than the reviewers' time on a false alarm.
+MIN_PRECISION = {"en": 0.6}
 
 
 def caught_by(a: Assessment, category: str) -> bool:
@@ -71,15 +77,21 @@ def best_threshold(
     truth: np.ndarray,
     grid: Sequence[float] = GRID,
     prefer: float = 0.5,
+    min_precision: float = 0.0,
 ) -> tuple[float, float]:
     """(threshold, F1) with the highest F1 of the decisions; ties go to the threshold
-    closest to ``prefer``. Pure: the decisions at threshold t are ``when_fired`` where
+    closest to ``prefer`` (the policy's). A threshold below ``prefer`` qualifies only where
+    its decisions are at least ``min_precision`` precise: the floor stops lowering, never
+    forces raising. Pure: the decisions at threshold t are ``when_fired`` where
     ``score >= t`` and ``when_not`` elsewhere."""
     best_t, best_f1 = prefer, -1.0
     for t in grid:
         pred = np.where(scores >= t, when_fired, when_not)
-        f1 = classification.prf(int((pred & truth).sum()), int((pred & ~truth).sum()),
-                                int((~pred & truth).sum()), DIGITS)["f1"] or 0.0  # fmt: skip
+        m = classification.prf(int((pred & truth).sum()), int((pred & ~truth).sum()),
+                               int((~pred & truth).sum()), DIGITS)  # fmt: skip
+        f1 = m["f1"] or 0.0
+        if t < prefer and (m["precision"] or 0.0) < min_precision:
+            continue
         if f1 > best_f1 or (f1 == best_f1 and abs(t - prefer) < abs(best_t - prefer)):
             best_t, best_f1 = t, f1
     return best_t, best_f1
@@ -93,11 +105,12 @@ def tune(
     languages: Sequence[str] = ("en", "zh"),
     categories: Sequence[str] | None = None,
     min_positives: int = 20,
+    min_precision: Mapping[str, float] = MIN_PRECISION,
     grid: Sequence[float] = GRID,
 ) -> dict[str, Any]:
     """Per category x language: the decisions' precision, recall and F1 at the policy's
-    threshold and at the best one; ``thresholds`` holds the new values (cells with fewer
-    than ``min_positives`` positives keep theirs)."""
+    threshold and at the best one (see ``best_threshold``); ``thresholds`` holds the new
+    values (cells with fewer than ``min_positives`` positives keep theirs)."""
     cats = list(categories or lp.policy.categories)
     rows, thresholds = [], {}
     for cat in cats:
@@ -122,7 +135,8 @@ def tune(
             if row["positives"] < min_positives:
                 row["tuned"], row["reason"] = current, f"< {min_positives} positives: kept"
             else:
-                t, _ = best_threshold(s, on, off, truth, grid, prefer=current)
+                floor = min_precision.get(lang, 0.0)
+                t, _ = best_threshold(s, on, off, truth, grid, current, floor)
                 row["tuned"], row["reason"] = t, "best F1 of the decisions"
                 thresholds.setdefault(cat, {})[lang] = t
             row["after"] = _prf(np.where(s >= row["tuned"], on, off), truth)

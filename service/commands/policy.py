@@ -173,6 +173,9 @@ def policy_tune(
     ),
     cap: int = typer.Option(1000, help="rows read per dataset and label set, as `model train`"),
     min_positives: int = typer.Option(20, help="cells with fewer positives keep their threshold"),
+    min_precision: str = typer.Option(
+        "en=0.6", help="per language, lower a threshold only while its decisions stay this precise"
+    ),
     write: bool = typer.Option(False, help="write the thresholds into POLICY (else only print)"),
     as_json: Path = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
@@ -184,10 +187,14 @@ def policy_tune(
 
     if split not in ("calibration", "test"):
         exit_with([f"error: --split must be calibration or test, not {split!r}"], 2)
+    try:
+        floors = {k.strip(): float(v) for k, v in (p.split("=") for p in min_precision.split(",") if p)}
+    except ValueError:
+        exit_with([f"error: --min-precision wants LANG=VALUE[,LANG=VALUE], not {min_precision!r}"], 2)
     lp = as_policy(policy)
     posts, known = split_posts(split, cap or None)
     scored = score_posts(posts, lp, open_cache(None, None))
-    result = tune(scored, lp, known, min_positives=min_positives)
+    result = tune(scored, lp, known, min_positives=min_positives, min_precision=floors)
     for r in result["rows"]:
         b, a = r["before"], r["after"]
         typer.echo(f"{r['category']:>10} {r['language']}  positives {r['positives']:>4}  "
