@@ -174,7 +174,7 @@ def policy_tune(
     cap: int = typer.Option(1000, help="rows read per dataset and label set, as `model train`"),
     min_positives: int = typer.Option(20, help="cells with fewer positives keep their threshold"),
     min_precision: str = typer.Option(
-        "en=0.6", help="per language, lower a threshold only while its decisions stay this precise"
+        "en=0.7", help="per language, lower a threshold only while its decisions stay this precise"
     ),
     write: bool = typer.Option(False, help="write the thresholds into POLICY (else only print)"),
     as_json: Path = typer.Option(None, "--json", help="also write the rows here"),
