@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     # exact-duplicate texts remembered by each worker (spam floods repeat): ~1.5 kB each
     embedding_cache_size: int = Field(default=20_000, ge=0)
+    # the classifier reads policy.text.model_view of each post (evasions folded: NFKC,
+    # Traditional -> Simplified, spacing and repeated emoji between characters); measured
+    # with bench/folded_view.py, models/README.md
+    input_view: bool = True
 
     claim_idle_ms: int = Field(default=30_000, ge=100)
     max_deliveries: int = Field(default=3, ge=1)

@@ -93,8 +93,12 @@ class EmbeddingCache:
         precision: str = "fp32",
         tuned_dir: Path | None = None,
         progress: bool | None = None,
+        view: Callable[[str], str] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        # the encoder's view of a text (Encoder.view): keys hash what the model reads, so an
+        # entry is right for every text with the same view
+        self.view = view if view is not None else getattr(encoder, "view", None)
         self._encoder = None
         self._factory: Callable[[], Any] | None = None
         self.model_dir: Path | None = None  # set when the cache loads the encoder itself
@@ -117,7 +121,7 @@ class EmbeddingCache:
                 from service.classifier.encoder import Encoder
 
                 return Encoder(model_dir, max_length=max_length, threads=threads,
-                               precision=precision, tuned_dir=tuned_dir)  # fmt: skip
+                               precision=precision, tuned_dir=tuned_dir, view=view)  # fmt: skip
 
             self._factory = load
         elif callable(encoder) and not hasattr(encoder, "embed"):
@@ -177,7 +181,8 @@ class EmbeddingCache:
         return self._db
 
     def _key(self, text: str, prefix: str) -> str:
-        return f"{self.max_length}\x1f{prefix}\x1f{_sha1(text)}"
+        seen = self.view(text) if self.view is not None else text
+        return f"{self.max_length}\x1f{prefix}\x1f{_sha1(seen)}"
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         db = self._emb_db()

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -101,6 +101,7 @@ class Encoder:
         precision: str = "fp32",
         cache_size: int = 20_000,
         tuned_dir: Path | None = None,
+        view: Callable[[str], str] | None = None,
     ) -> None:
         import torch
         from transformers import AutoTokenizer, BertModel
@@ -118,6 +119,8 @@ class Encoder:
             torch.set_num_threads(threads)
         self._torch = torch
         self.model_dir = model_dir
+        # what the model reads of a text (policy.text.model_view folds evasions), or as written
+        self.view = view
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = BertModel.from_pretrained(
@@ -166,8 +169,10 @@ class Encoder:
         """Embeddings (n, dim), float32, unit length, in the order of ``texts``.
 
         Identical texts are embedded once; with ``use_cache`` also across calls (a bounded
-        LRU of ``cache_size`` texts).
+        LRU of ``cache_size`` texts). With a ``view``, the model reads each text's view.
         """
+        if self.view is not None:
+            texts = [self.view(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         todo: dict[str, list[int]] = {}
         for i, text in enumerate(texts):

@@ -15,6 +15,7 @@ from service.classifier.cache import EmbeddingCache
 from service.classifier.encoder import Encoder
 from service.classifier.heads import HeadsMismatch, TrainedHeads
 from service.config import Settings
+from service.policy.text import model_view
 
 log = logging.getLogger("floodgate.classifier")
 
@@ -28,6 +29,7 @@ def load_encoder(settings: Settings) -> Encoder:
         precision=settings.precision,
         tuned_dir=settings.tuned_dir,
         cache_size=settings.embedding_cache_size,
+        view=model_view if settings.input_view else None,
     )
 
 
@@ -48,6 +50,7 @@ def open_embedding_cache(
         precision=settings.precision,
         tuned_dir=settings.tuned_dir,
         progress=progress,
+        view=model_view if settings.input_view else None,
     )
 
 
