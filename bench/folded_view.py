@@ -1,6 +1,7 @@
 """Does the classifier need the policy's folding as its input view? (issue 15, step 4)
 
-The served heads score the test split four ways, AUPRC per category x language:
+The served heads score the test split four ways, AUPRC per category x language (with the
+served view switched off, so that each arm reads exactly its texts):
   clean        the texts as written
   evaded       the same texts as an evader rewrites them (below)
   evaded+view  the evaded texts through `policy.text.model_view` first
@@ -84,7 +85,8 @@ def main() -> None:
     ap.add_argument("--heads", type=Path, default=HEADS_DIR)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    settings = get_settings()
+    # the texts as each arm gives them: the served cache would apply the view to all four
+    settings = get_settings().model_copy(update={"input_view": False})
     cache = open_embedding_cache(settings, progress=True)
     heads = TrainedHeads(args.heads, cache.version)
     examples = _test_split(heads)
