@@ -1,9 +1,10 @@
 """Worker throughput (posts/s through Redis -> worker -> stored decision) against the
 model-only forward pass, measured in the same run on the same kinds of posts.
 
-    python bench/throughput.py --posts 1024 --batch 64 --threads 2 --rounds 3
+    python bench/throughput.py --posts 512 --batch 64 --threads 2 --rounds 8
 
-Each round runs, one after another on fresh texts (no phase reuses another's embeddings):
+Each round runs, one after another on fresh texts (no phase reuses another's embeddings;
+each round starts with the next path, so that a change of load hits every path alike):
 1. the model's forward pass alone, batch by batch;
 2. the decide path without Redis (language + model + policy: Moderator.decide);
 3. the worker one batch at a time (``Worker.step``: read, decide, store, in one thread);
@@ -118,28 +119,43 @@ def drain_served(worker: Worker, target: int) -> float:
 
 
 def one_round(moderator: Moderator, client: redis.Redis, settings: Settings, texts: list[list[str]],
-              r: int, batch: int) -> dict[str, float]:  # fmt: skip
-    """posts/s of each path on its own texts (``texts[k]`` for path k)."""
-    encoder, keys, out = moderator.encoder, Keys(settings.key_prefix), {}
+              r: int, batch: int) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+    """posts/s of each path on its own texts (``texts[k]`` for path k), and the CPU
+    milliseconds this process (all its threads) spent per post on it."""
+    encoder, keys, rates, cpu = moderator.encoder, Keys(settings.key_prefix), {}, {}
+
+    def model_only() -> float:
+        t0 = time.perf_counter()
+        for i in range(0, len(texts[0]), batch):
+            encoder.embed(texts[0][i : i + batch], prefix="query: ")
+        return time.perf_counter() - t0
+
+    def pipeline() -> float:
+        jobs = [Job(f"b{r}-{i}", PostIn(text=t)) for i, t in enumerate(texts[1])]
+        t0 = time.perf_counter()
+        for i in range(0, len(jobs), batch):
+            moderator.decide(jobs[i : i + batch])
+        return time.perf_counter() - t0
+
+    def worker_path(drain, tx: list[str], tag: str):
+        def run() -> float:
+            enqueue(client, keys, tx, tag)
+            worker = Worker(settings, moderator, name=f"bench-{tag}")
+            worker.consumer.ensure_group()
+            return drain(worker, len(tx))
+
+        return run
+
     encoder.clear_cache()
-    t0 = time.perf_counter()
-    for i in range(0, len(texts[0]), batch):
-        encoder.embed(texts[0][i : i + batch], prefix="query: ")
-    out[PATHS[0]] = len(texts[0]) / (time.perf_counter() - t0)
-
-    jobs = [Job(f"b{r}-{i}", PostIn(text=t)) for i, t in enumerate(texts[1])]
-    t0 = time.perf_counter()
-    for i in range(0, len(jobs), batch):
-        moderator.decide(jobs[i : i + batch])
-    out[PATHS[1]] = len(jobs) / (time.perf_counter() - t0)
-
-    for path, drain, tx in ((PATHS[2], drain_stepwise, texts[2]), (PATHS[3], drain_served, texts[3])):
-        enqueue(client, keys, tx, f"w{r}-{path[:8]}")
-        worker = Worker(settings, moderator, name=f"bench-{r}-{len(out)}")
-        worker.consumer.ensure_group()
-        out[path] = len(tx) / drain(worker, len(tx))
+    runs = (model_only, pipeline, worker_path(drain_stepwise, texts[2], f"w{r}-step"),
+            worker_path(drain_served, texts[3], f"w{r}-served"))  # fmt: skip
+    order = list(zip(PATHS, runs, texts, strict=True))
+    for path, run, tx in order[r % 4 :] + order[: r % 4]:  # each round starts with another path
+        c0 = time.process_time()
+        rates[path] = len(tx) / run()
+        cpu[path] = (time.process_time() - c0) / len(tx) * 1000
     assert client.xlen(keys.posts) == 0
-    return out
+    return rates, cpu
 
 
 def main() -> None:
@@ -160,14 +176,17 @@ def main() -> None:
     moderator.warm_up()
     client = connect(url)
     texts = make_posts(4 * args.rounds * args.posts)
-    rounds = []
+    rounds: list[dict[str, float]] = []
+    cpus: list[dict[str, float]] = []
     try:
         for r in range(args.rounds):
             base = 4 * r * args.posts
             mine = [texts[base + k * args.posts : base + (k + 1) * args.posts] for k in range(4)]
-            rates = one_round(moderator, client, settings, mine, r, args.batch)
+            rates, cpu = one_round(moderator, client, settings, mine, r, args.batch)
             rounds.append(rates)
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.1f}/s" for k, v in rates.items()), flush=True)
+            cpus.append(cpu)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.1f}/s ({cpu[k]:.1f} CPU ms/post)"
+                                                 for k, v in rates.items()), flush=True)  # fmt: skip
     finally:
         for key in client.scan_iter(f"{settings.key_prefix}:*", count=1000):
             client.delete(key)
@@ -176,17 +195,19 @@ def main() -> None:
 
     print(f"posts={args.posts} x {args.rounds} rounds, batch={args.batch} "
           f"torch_threads={args.threads} cpus={os.cpu_count()}")  # fmt: skip
-    print(f"{'path':36s} {'posts/s':>9s} {'vs model':>9s} {'range':>12s}")
+    print(f"{'path':36s} {'posts/s':>9s} {'vs model':>9s} {'range':>12s} {'CPU ms/post':>12s}")
     summary = {}
     for path in PATHS:
         ratios = [r[path] / r[PATHS[0]] for r in rounds]
         rate = statistics.median(r[path] for r in rounds)
+        cpu_ms = statistics.median(c[path] for c in cpus)
         summary[path] = {"posts_per_s": round(rate, 1), "vs_model": round(statistics.median(ratios), 3),
-                         "vs_model_range": [round(min(ratios), 3), round(max(ratios), 3)]}  # fmt: skip
+                         "vs_model_range": [round(min(ratios), 3), round(max(ratios), 3)],
+                         "cpu_ms_per_post": round(cpu_ms, 2)}  # fmt: skip
         print(f"{path:36s} {rate:9.1f} {statistics.median(ratios):9.2f} "
-              f"{min(ratios):5.2f}-{max(ratios):4.2f}")  # fmt: skip
+              f"{min(ratios):5.2f}-{max(ratios):4.2f} {cpu_ms:12.1f}")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"posts": args.posts, "rounds": rounds, "batch": args.batch,
+        args.json.write_text(json.dumps({"posts": args.posts, "rounds": rounds, "cpu_ms": cpus, "batch": args.batch,
                                          "threads": args.threads, "summary": summary}, indent=2))  # fmt: skip
 
 

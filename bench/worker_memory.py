@@ -9,13 +9,12 @@
    once touched, and are file-backed, i.e. shared by every worker on the host), the
    fine-tuned top layers, the heads, the language models (lingua, fastText-lite, cld2) and
    the first decision; then after ``--batches`` batches of 64 of refugee_surge's posts
-   (its languages and text lengths, through Moderator.decide). Run twice: as the worker
-   runs (processes.return_freed_memory first, as `floodgate worker` does) and with glibc's
-   default malloc threshold, whose private memory is shown beside it (the cut, measured).
+   (its languages and text lengths, through Moderator.decide), and once idle (the worker
+   calls Moderator.release_memory when a read finds nothing after work).
 2. The real processes, started as `floodgate serve` starts them (processes.EmbeddedService:
-   the API and one worker): RSS after start-up, then after ``--batches`` batches of queued
-   posts and ``--sync`` synchronous calls. The API must stay under 200 MB: it never loads
-   torch or a language model.
+   the API and one worker): RSS after start-up, the moment ``--batches`` batches of queued
+   posts are decided, and idle after ``--sync`` synchronous calls. The API must stay under
+   200 MB: it never loads torch or a language model.
 
 Each row gives RSS, its private part (RssAnon) and its file-backed part (RssFile), in MB.
 JSON with --json.
@@ -83,13 +82,8 @@ class Steps:
         setattr(owner, name, wrapped)
 
 
-def load_path(batches: int, glibc_default: bool) -> list[dict]:
-    """Part 1, run in the child process: as the worker runs (return_freed_memory, as
-    `floodgate worker` calls it first) or with glibc's default (to compare)."""
-    from service.processes import return_freed_memory
-
-    if not glibc_default:
-        return_freed_memory()
+def load_path(batches: int) -> list[dict]:
+    """Part 1, run in the child process."""
     steps = Steps()
     import torch  # noqa: F401
     from transformers import AutoTokenizer, BertModel
@@ -114,6 +108,8 @@ def load_path(batches: int, glibc_default: bool) -> list[dict]:
         moderator.decide([pipeline.Job(p["post_id"], PostIn.model_validate(p)) for p in posts[i : i + 64]])
         if i // 64 + 1 in (1, batches // 4, batches):
             steps.note(f"after {i // 64 + 1} batches of the surge's posts")
+    moderator.release_memory()
+    steps.note("idle: Moderator.release_memory")
     steps.rows.append({"step": "embedding cache", "texts": len(moderator.encoder._cache),
                        "cache_size": moderator.encoder.cache_size})  # fmt: skip
     return steps.rows
@@ -132,19 +128,15 @@ def real_processes(batches: int, sync_calls: int) -> list[dict]:
         rows += [{"process": k, "when": "started (worker warmed up)", **memory(p)} for k, p in pids.items()]
         posts = surge_posts(64 * batches)
         queued(svc.url, svc.redis_url, [(p["post_id"], p["text"]) for p in posts])
+        when = f"the moment its {len(posts)} queued posts are decided"
+        rows += [{"process": k, "when": when, **memory(p)} for k, p in pids.items()]
         extra = [(f"sync-{i}", p["text"]) for i, p in enumerate(surge_posts(sync_calls))]
         asyncio.run(sync(svc.url, extra, 4))
         httpx.get(svc.url + "/metrics", timeout=30).raise_for_status()
-        when = f"after {len(posts)} queued posts and {sync_calls} synchronous calls"
+        time.sleep(2)  # the worker finds nothing to read and gives back its freed heap
+        when = f"then {sync_calls} synchronous calls, /metrics, 2 s idle"
         rows += [{"process": k, "when": when, **memory(p)} for k, p in pids.items()]
     return rows
-
-
-def child(batches: int, glibc_default: bool) -> list[dict]:
-    cmd = [sys.executable, __file__, "--child", "--batches", str(batches)]
-    out = subprocess.run(cmd + (["--glibc-default"] if glibc_default else []), check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -153,19 +145,18 @@ def main() -> None:
     ap.add_argument("--sync", type=int, default=50, help="synchronous calls in part 2")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--glibc-default", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(load_path(args.batches, args.glibc_default)))
+        print(json.dumps(load_path(args.batches)))
         return
     started = time.perf_counter()
-    served, default = child(args.batches, False), child(args.batches, True)
-    print("1. a worker's load path (MB): RSS (growth) | private | file-backed, as served; "
-          "private with glibc's default malloc threshold")  # fmt: skip
-    for r, d in zip(served, default, strict=True):
+    child = subprocess.run([sys.executable, __file__, "--child", "--batches", str(args.batches)],
+                           check=True, capture_output=True, text=True)  # fmt: skip
+    steps = json.loads(child.stdout.strip().splitlines()[-1])
+    print("1. a worker's load path (MB): RSS (growth) | private | file-backed")
+    for r in steps:
         if "VmRSS" in r:
-            print(f"   {r['step']:52s} {r['VmRSS']:6d} ({r['delta']:+5d}) | {r['RssAnon']:6d} | "
-                  f"{r['RssFile']:5d}; {d['RssAnon']:6d}")  # fmt: skip
+            print(f"   {r['step']:52s} {r['VmRSS']:6d} ({r['delta']:+5d}) | {r['RssAnon']:6d} | {r['RssFile']:5d}")
         else:
             print(f"   {r['step']:52s} {r['texts']} texts of {r['cache_size']}")
     procs = real_processes(args.batches, args.sync)
@@ -176,8 +167,7 @@ def main() -> None:
     print(f"API at most {api} MB RSS (limit {API_LIMIT_MB} MB): {'ok' if api < API_LIMIT_MB else 'OVER'}; "
           f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     if args.json:
-        out = {"load_path": served, "load_path_glibc_default": default, "processes": procs}
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        args.json.write_text(json.dumps({"load_path": steps, "processes": procs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

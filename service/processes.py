@@ -12,7 +12,6 @@ same data directory (its append-only file brings every accepted post back).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -34,7 +33,6 @@ from service.redisdb import EmbeddedRedis, connect
 log = logging.getLogger("floodgate.supervisor")
 
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 30.0
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 # a child that dies sooner than this after its start is in a crash loop (bad configuration,
 # a missing file): its restarts back off exponentially; one that ran longer (and died on,
 # say, a poison post) is restarted after the shortest delay
@@ -212,22 +210,6 @@ def _fds_to(path: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-
-
-def return_freed_memory(threshold: int = 128 * 1024) -> bool:
-    """glibc only: allocations from ``threshold`` bytes up are mapped on their own and given
-    back to the system when freed. By default glibc raises that threshold to the largest
-    block freed so far (up to 32 MiB), so a worker's forward-pass buffers, once freed, stay
-    in its heap and the worker grows batch after batch (bench/worker_memory.py measures
-    both; the forward pass is as fast). An operator's MALLOC_MMAP_THRESHOLD_ wins; call it
-    before the model loads. False where it did nothing."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def run_worker(settings: Settings) -> None:

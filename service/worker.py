@@ -38,7 +38,7 @@ from service.config import Settings
 from service.heartbeat import Heartbeat, WorkerState, live_workers
 from service.langmix.store import DriftMonitor
 from service.pipeline import Forward, Job, Moderator
-from service.policy import PolicyError
+from service.policy import LoadedPolicy, PolicyError
 from service.policy.parse import load_bundle
 from service.queue import Consumer, Entry, Keys
 from service.redisdb import UNAVAILABLE, check_server, connect
@@ -242,6 +242,8 @@ class Worker:
             batch = self.consumer.read_batch(s.batch_size, s.batch_max_wait_ms, first_block_ms=500)
         if not batch:
             done = self._settle()
+            if self.state.batch_size:  # idle after work: the forward buffers go back
+                self.moderator.release_memory()
             self.state.holding(0)
             self.sync_policy()
             if self.moderator.policy.policy.language_mix is not None:
@@ -253,6 +255,7 @@ class Worker:
             done = self._settle()
             self.sync_policy()
             return done + self.process(batch)
+        self.sync_policy()  # read after the batch: never decided under an older state
         return self._overlap(batch)
 
     def _overlap(self, batch: list[Entry]) -> int:
@@ -273,9 +276,7 @@ class Worker:
         return done
 
     def _finish(self, jobs: list[tuple[Entry, Job]], fw: Forward | None) -> int:
-        """The finisher's part: policy versions and alert state read after the batch was
-        (never decided under an older state), then conclude and store."""
-        self.sync_policy()
+        """The finisher's part: policy and commit (no torch; of the Moderator only ``fw``)."""
         return self._decide_jobs(jobs, fw=fw)
 
     def _settle(self) -> int:
@@ -364,15 +365,13 @@ class Worker:
         """Decide and store ``jobs`` (concluding ``fw``, their forward pass, when given); a
         batch that fails is decided again one post at a time."""
         try:
-            started = time.perf_counter()
-            if fw is not None:
-                decisions = self.moderator.conclude(fw)
-                spent = fw.seconds + time.perf_counter() - started
-            else:
-                decisions = self.moderator.decide([j for _, j in jobs])
-                spent = time.perf_counter() - started
+            started, earlier = time.perf_counter(), fw.seconds if fw is not None else 0.0
+            if fw is None:
+                fw = self.moderator.forward([j for _, j in jobs])
+            decisions = self.moderator.conclude(fw)
+            spent = earlier + time.perf_counter() - started
             return self._commit(list(zip((e for e, _ in jobs), decisions, strict=True)),
-                                (len(jobs), spent))  # fmt: skip
+                                (len(jobs), spent), fw.policy)  # fmt: skip
         except Exception as exc:
             if alone:
                 self._post_failed(jobs[0][0], jobs[0][1].post_id, exc, counted=True)
@@ -432,11 +431,12 @@ class Worker:
             for e, j in kept
         ]
 
-    def _commit(self, pairs, batch: tuple[int, float] | None = None) -> int:
-        """Store the decisions; ``batch`` (posts, seconds in the decide path) is observed
-        with them, in the same telemetry round trip."""
+    def _commit(self, pairs, batch: tuple[int, float] | None = None,
+                judged_by: LoadedPolicy | None = None) -> int:  # fmt: skip
+        """Store the decisions (judged by ``judged_by``, default the policy in force); ``batch``
+        (posts, seconds in the decide path) is observed in the same telemetry round trip."""
         # review outcomes enter their queue (or take the overflow fallback) in the commit itself
-        policy, now = self.moderator.judging.policy, time.time()
+        policy, now = (judged_by or self.moderator.judging).policy, time.time()
         planned = [review_plan(d, e.post(), policy, now) for e, d in pairs]
         items = [
             Committed(

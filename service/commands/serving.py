@@ -137,9 +137,7 @@ def worker() -> None:
     # an operator's own OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from service.policy import PolicyError
-    from service.processes import return_freed_memory, run_worker
-
-    return_freed_memory()
+    from service.processes import run_worker
 
     settings = get_settings()
     if not settings.redis_url:
