@@ -176,8 +176,8 @@ def main() -> None:
         "low_load_worker": probe_fig, "batch_wait_ms": wait_ms,
         # what the decisions say of themselves: enqueued -> taken into the decide path, and
         # the decide path (the rest is HTTP, the enqueue, the commit and the reply)
-        "low_load_queue_wait_p50_ms": statistics.median(t["queue_wait_ms"] for t in parts),
-        "low_load_processing_p50_ms": statistics.median(t["processing_ms"] for t in parts),
+        "low_load_queue_wait_p50_ms": round(statistics.median(t["queue_wait_ms"] for t in parts), 1),
+        "low_load_processing_p50_ms": round(statistics.median(t["processing_ms"] for t in parts), 1),
         "p50_target_ms": round(wait_ms + one_pass_ms, 1),
     }  # fmt: skip
     print(f"sync / queued at concurrency {args.concurrency}: median {out['sync_vs_queued_median']:.2f} "
