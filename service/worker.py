@@ -12,10 +12,10 @@ every accepted post ends with exactly one decision or one dead letter:
   and the worker goes on;
 * SIGTERM / SIGINT finish the batch in hand (decide, store, ack), then exit.
 
-Overlap: ``run`` takes a batch forward (language detection and the model) in its own
-thread and hands it to a finisher thread for the policy, the commit and the telemetry
-round trip, then reads and forwards the next batch meanwhile (torch releases the GIL in its
-operations). At most one batch waits in the finisher: two batches are in hand at most.
+Overlap: ``run`` takes a batch forward (language, the model, category scores: all of torch)
+in its own thread and hands it to a finisher thread for the policy, the commit and the
+telemetry round trip, then reads and forwards the next batch meanwhile (torch releases the
+GIL). At most one batch waits in the finisher: two batches are in hand at most.
 """
 
 from __future__ import annotations
