@@ -6,10 +6,13 @@ Data: ../shared/data/eval/langid/lingua_testdata.jsonl (lingua-py test data,
 13 languages x buckets word / short (word pair) / sent; see its SOURCE.txt).
 Accuracy counts "und" as wrong; precision is accuracy on the answered rows.
 Overall figures are over rows (micro average). texts/s is one thread, one
-text per call, after a warm-up that loads each backend's models. floodgate and
-floodgate-v1 are also timed against each other in alternating chunks (one text
-per call, and detect_batch in batches of 128), which keeps their ratio
-meaningful on a machine whose load changes from minute to minute.
+text per call, after a warm-up that loads each backend's models. floodgate,
+floodgate-v1 and the libraries (one text per call; floodgate and v1 also through
+detect_batch in batches of 128) are then timed against each other in
+alternating chunks, which keeps their ratios meaningful on a machine whose load
+changes from minute to minute; floodgate is also timed on refugee_surge's own
+posts (the mix a worker detects: mostly Chinese, English rising), in batches of
+64 as the worker sends them, against cld2 and fastText-lite on the same posts.
 
 "floodgate-v1" is the detector as it was before the cheap first pass and the
 market prior (service/language.py at commit V1_COMMIT, read from git and
@@ -171,15 +174,34 @@ def paired_speeds(paths: dict[str, Callable[[list[str]], object]], rows: list[di
     return {name: (len(texts) / wall[name], len(texts) / cpu[name]) for name in names}
 
 
-def speed_paths(market: str | None, v1: types.ModuleType | None):
-    """The timed paths: floodgate (and v1) one text per call and in batches of BATCH."""
+def surge_texts(n: int = 10_000) -> list[str]:
+    """The texts of refugee_surge's posts (the replay generator, seed 1), up to ``n``."""
+    from service.replay.generate import generate
+    from service.replay.runner import load as load_scenario
 
-    def batched(fn):
-        def run(texts: list[str]) -> None:
-            for i in range(0, len(texts), BATCH):
-                fn(texts[i : i + BATCH])
+    return [g.post["text"] for g in generate(load_scenario("refugee_surge"), 1)][:n]
 
-        return run
+
+def batched(fn, size: int = BATCH):
+    def run(texts: list[str]) -> None:
+        for i in range(0, len(texts), size):
+            fn(texts[i : i + size])
+
+    return run
+
+
+def one_by_one(detector) -> Callable[[list[str]], object]:
+    return lambda texts: [detector(t) for t in texts]
+
+
+def library_paths(names) -> dict[str, Callable[[list[str]], object]]:
+    """The libraries among ``names``, one text per call, timed beside floodgate."""
+    return {name: one_by_one(get_detector(name)) for name in names if name not in ("floodgate", V1)}
+
+
+def speed_paths(market: str | None, v1: types.ModuleType | None, libraries=()):
+    """The timed paths: floodgate (and v1) one text per call and in batches of BATCH, and
+    the libraries one text per call."""
 
     paths: dict[str, Callable[[list[str]], object]] = {
         "floodgate": lambda texts: [detect(t, market=market) for t in texts],
@@ -188,7 +210,7 @@ def speed_paths(market: str | None, v1: types.ModuleType | None):
     if v1 is not None:
         paths[V1] = lambda texts: [v1.detect(t) for t in texts]
         paths[f"{V1} batch"] = batched(v1.detect_batch)
-    return paths
+    return paths | library_paths(libraries)
 
 
 def pct(x: float) -> str:
@@ -248,7 +270,7 @@ def tables(
     if speeds:
         out += [
             "",
-            f"Speed of floodgate{' and ' + V1 if V1 in speeds else ''}, timed in alternating "
+            f"Speed of floodgate{', ' + V1 if V1 in speeds else ''} and the libraries, timed in alternating "
             f"chunks of {CHUNK} texts so that all paths see the same machine load (texts/s, "
             "and texts per CPU-second of the process in brackets):",
             "",
@@ -269,7 +291,24 @@ def tables(
                 f"| floodgate / {V1} | {ratio[0]:.2f}x ({ratio[1]:.2f}x) | "
                 f"{ratio[2]:.2f}x ({ratio[3]:.2f}x) |"
             )
+        for name, (w, c) in speeds.items():
+            if name not in ("floodgate", V1) and not name.endswith((" batch", " surge")):
+                out.append(f"| {name} | {w:,.0f} ({c:,.0f}) | - |")
+    out += surge_table(speeds)
     return "\n".join(out)
+
+
+def surge_table(speeds: dict[str, tuple[float, float]]) -> list[str]:
+    """The same paths timed on refugee_surge's posts (paths ending " surge")."""
+    rows = {k.removesuffix(" surge"): v for k, v in speeds.items() if k.endswith(" surge")}
+    if not rows:
+        return []
+    out = ["", "On refugee_surge's own posts (the texts a worker detects; floodgate in "
+           "detect_batch batches of 64 as the worker sends them, the libraries one text per "
+           "call), texts/s (per CPU-second of the process):", "", "| path | texts/s |",
+           "| --- | ---: |"]  # fmt: skip
+    out += [f"| {name} | {w:,.0f} ({c:,.0f}) |" for name, (w, c) in rows.items()]
+    return out
 
 
 def write_doc(table: str, command: str) -> None:
@@ -317,7 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     speeds = {}
     if "floodgate" in results:
-        speeds = paired_speeds(speed_paths(args.market, v1 if V1 in results else None), rows)
+        libraries = [n for n in results if n in ("cld2", "fasttext-lite", "lingua")]
+        paths = speed_paths(args.market, v1 if V1 in results else None, libraries)
+        speeds = paired_speeds(paths, rows)
+        surge = {"floodgate batch": batched(detect_batch, 64)} | library_paths(
+            n for n in libraries if n != "lingua"  # lingua alone: minutes on 10,000 posts
+        )
+        texts = [{"text": t} for t in surge_texts()]
+        speeds |= {f"{k} surge": v for k, v in paired_speeds(surge, texts).items()}
     table = tables(results, rows, args, speeds)
     print(table)
     if not args.no_write:
