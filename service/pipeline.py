@@ -26,6 +26,7 @@ import numpy as np
 from service import language
 from service.classifier.embedder import QUERY
 from service.classifier.loader import load_encoder, load_heads
+from service.classifier.memory import Recall
 from service.classifier.scorer import PolicyScorer
 from service.config import Settings
 from service.language import LanguageResult
@@ -58,6 +59,7 @@ class Forward:
     jobs: list[Job]
     languages: list[LanguageResult]
     scores: list[dict[str, float]]
+    recalls: list[dict[str, Recall]]  # the policy's memory examples that raised a score
     shadow_scores: list[dict[str, float]] | None
     policy: LoadedPolicy  # the live policy under the drift profile in force
     shadow: LoadedPolicy | None
@@ -236,9 +238,9 @@ class Moderator:
                                       markets=[j.post.market for j in jobs])  # fmt: skip
         with self._lock:
             embeddings = self.encoder.embed(texts, prefix=QUERY, use_cache=True)
-        scores = score(scorer, embeddings, langs)
+        scores, recalls = scorer.assess(embeddings, [x.code for x in langs], lp.policy)
         shadow_scores = score(shadow[1], embeddings, langs) if shadow else None
-        return Forward(list(jobs), langs, scores, shadow_scores, lp,
+        return Forward(list(jobs), langs, scores, recalls, shadow_scores, lp,
                        shadow[0].under(drift) if shadow else None,
                        {"name": scorer.name, "version": scorer.version},
                        started_ms, time.perf_counter() - started)  # fmt: skip
@@ -282,6 +284,7 @@ class Moderator:
                     outcomes={m: _outcome(o) for m, o in outcomes.items()},
                     language=lang.to_dict(),
                     scores=scores[i],
+                    memory={c: r.to_dict() for c, r in fw.recalls[i].items()} or None,
                     policy=_policy_ref(lp),
                     model=dict(fw.model),
                     timings={

@@ -218,6 +218,13 @@ class ReviewInfo(BaseModel):
     history: list[dict[str, Any]] | None = None
 
 
+class MemoryRecall(BaseModel):
+    """The policy's `memory:` example of a category that this post resembles."""
+
+    similarity: float
+    example: str
+
+
 class Decision(BaseModel):
     post_id: str
     status: Literal["decided"] = "decided"
@@ -229,6 +236,8 @@ class Decision(BaseModel):
     outcomes: dict[str, MarketOutcome]
     language: LanguageOut
     scores: dict[str, float]
+    # categories the policy's example memory raised to their threshold: the nearest example
+    memory: dict[str, MemoryRecall] | None = None
     policy: PolicyRef
     model: VersionRef
     timings: Timings

@@ -1,7 +1,8 @@
 """The embedder: what the scorers and the pipeline ask of the model's first stage.
 
 Texts in, one unit-length vector per text out, and a ``version`` naming the weights and the
-arithmetic (trained heads and disk caches are keyed by it). Two things are embedders: the
+arithmetic (trained heads and disk caches are keyed by it), and the ``view`` of a text the
+model reads (None: the text as written). Two things are embedders: the
 ``Encoder`` the worker runs, and the ``EmbeddingCache`` offline runs (backtest, diff,
 training) put in front of it, so a scorer built on the cache never loads the model for a
 text it has seen. e5 wants a prefix on every text; the scorers use ``QUERY`` on both sides.
@@ -9,7 +10,7 @@ text it has seen. e5 wants a prefix on every text; the scorers use ``QUERY`` on 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -20,6 +21,8 @@ QUERY = "query: "  # e5's prefix for symmetric similarity tasks
 @runtime_checkable
 class Embedder(Protocol):
     version: str
+    # what the model reads of a text (policy.text.model_view), or None: the text as written
+    view: Callable[[str], str] | None
 
     def embed(self, texts: Sequence[str], *, prefix: str = QUERY) -> np.ndarray:
         """(len(texts), dim) float32 embeddings of unit length, in the order of ``texts``."""

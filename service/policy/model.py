@@ -30,6 +30,29 @@ def _keys_with_values(model: BaseModel, empty: str, what: str) -> None:
         raise ValueError(f"{what} without a value: {', '.join(nulls)}")
 
 
+Examples = dict[
+    Annotated[str, Field(pattern=EXAMPLE_KEY)], list[Annotated[str, Field(min_length=1)]]
+]
+
+
+class Memory(_Strict):
+    """Labelled posts of a category to catch by resemblance, without retraining
+    (classifier/memory.py): a post at least `similarity` (cosine, in the model's embedding)
+    close to one of them, and closer to it than to any of the policy's benign examples,
+    scores at least the category's threshold in its language."""
+
+    # e5 puts unrelated posts at 0.75-0.85 and reworded copies of one post at 0.92 and above
+    similarity: float = Field(default=0.92, ge=0.5, lt=1.0)
+    examples: Examples = Field(min_length=1)
+
+    @field_validator("examples")
+    @classmethod
+    def _some_text(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not any(value.values()):
+            raise ValueError("memory needs at least one example")
+        return value
+
+
 class Category(_Strict):
     description: str = Field(min_length=3)
     threshold: float = Field(ge=0.0, le=1.0)
@@ -38,9 +61,9 @@ class Category(_Strict):
         Annotated[str, Field(pattern=LANG_CODE)], Annotated[float, Field(ge=0, le=1)]
     ] = {}
     # language -> example texts; the zero-shot scorer embeds these
-    examples: dict[
-        Annotated[str, Field(pattern=EXAMPLE_KEY)], list[Annotated[str, Field(min_length=1)]]
-    ] = {}
+    examples: Examples = {}
+    # posts to catch by resemblance (an operator's examples of a new wave); see Memory
+    memory: Memory | None = None
 
     def threshold_for(self, language: str) -> float:
         return self.thresholds.get(language, self.threshold)

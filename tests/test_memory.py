@@ -1,0 +1,101 @@
+"""A category's example memory (policy `memory:`): posts that closely resemble one of its
+examples act as flagged, with no retraining; the decision names the example. The real
+encoder and heads, through the worker's decide path."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.classifier.scorer import PolicyScorer
+from service.pipeline import Job, Moderator
+from service.policy import PolicyError, parse_policy
+from service.schemas import PostIn
+
+WAVE = "兼职刷单，日结三百，加V信 abc12345 详聊"
+REWORDED = "兼职刷单 日结300 加v信abc12345 详聊"
+ORDINARY = "今天和朋友去公园散步，天气很好，晚上吃了火锅"
+
+
+def _policy(memory: str = "", benign: str = "今天天气很好"):
+    # the threshold is out of the heads' reach: only the memory can make the rule fire
+    return parse_policy(f"""\
+name: memory-test
+categories:
+  scam_spam:
+    description: scams and spam
+    threshold: 0.99
+{memory}
+benign_examples:
+  zh: [{benign}, 我家的猫很可爱, 周末去爬山]
+rules:
+  - id: spam-review
+    when: {{category: scam_spam}}
+    action: review
+""", source="memory.yaml")  # fmt: skip
+
+
+MEMORY = f"""\
+    memory:
+      similarity: 0.9
+      examples:
+        zh: ["{WAVE}"]
+"""
+
+
+def _decide(moderator: Moderator, lp, *texts: str):
+    mod = Moderator(lp, PolicyScorer(moderator.encoder, lp.policy, moderator.heads))
+    return mod.decide([Job(f"p{i}", PostIn(text=t)) for i, t in enumerate(texts)]), mod
+
+
+def test_a_reworded_post_of_the_wave_is_recalled_and_acted_on(moderator):
+    (wave, reworded, ordinary), mod = _decide(moderator, _policy(MEMORY), WAVE, REWORDED, ORDINARY)
+    for d in (wave, reworded):
+        assert d.action == "review", d
+        assert d.memory["scam_spam"].example == WAVE
+        assert 0.9 <= d.memory["scam_spam"].similarity <= 1.0001
+        assert d.scores["scam_spam"] == 0.99  # raised to the threshold, no higher
+        assert d.reasons[0].rule == "spam-review"
+    assert wave.memory["scam_spam"].similarity >= reworded.memory["scam_spam"].similarity
+    assert ordinary.action == "allow" and ordinary.memory is None
+    assert ordinary.scores["scam_spam"] < 0.99
+    assert mod.classifier.name.endswith("+memory")
+    assert re.search(r"\.m[0-9a-f]{8}$", mod.classifier.version)
+
+    # the same policy without the memory lets the wave through (the heads stay under 0.99)
+    (plain,), plain_mod = _decide(moderator, _policy(), REWORDED)
+    assert plain.action == "allow" and plain.memory is None
+    assert not plain_mod.classifier.version.split(".")[-1].startswith("m")
+
+
+def test_a_post_closer_to_a_benign_example_is_not_recalled(moderator):
+    """The benign examples are the memory's counter-weight: here the reworded post itself is
+    one, so it is nearer to it than to the wave's example."""
+    (d,), _ = _decide(moderator, _policy(MEMORY, benign=REWORDED), REWORDED)
+    assert d.action == "allow" and d.memory is None
+
+
+def test_the_similarity_knob_and_the_version(moderator):
+    strict = MEMORY.replace("similarity: 0.9", "similarity: 0.999")
+    (d,), mod = _decide(moderator, _policy(strict), REWORDED)
+    assert d.action == "allow" and d.memory is None
+    (_,), loose = _decide(moderator, _policy(MEMORY), REWORDED)
+    assert mod.classifier.version != loose.classifier.version  # the knob is in the version
+
+
+@pytest.mark.parametrize(
+    ("memory", "line", "fragment"),
+    [
+        ("    memory:\n      examples: {}\n", 7, "memory"),
+        ("    memory:\n      similarity: 1.5\n      examples: {zh: [x]}\n", 7, "similarity"),
+        ("    memory:\n      examples: {zh: []}\n", 7, "at least one example"),
+        ("    memory:\n      example: {zh: [x]}\n", 7, "did you mean 'examples'"),
+    ],
+)
+def test_a_bad_memory_is_refused_with_its_line(memory, line, fragment):
+    with pytest.raises(PolicyError) as info:
+        _policy(memory)
+    errors = info.value.errors
+    assert all(e.startswith(f"memory.yaml:{line}:") for e in errors), errors
+    assert any(fragment in e and "categories.scam_spam.memory" in e for e in errors), errors
