@@ -148,3 +148,31 @@ def test_gradient_checkpointing_changes_memory_not_the_result(model_dir, tmp_pat
                      FinetuneSettings(layers=2, epochs=1, batch_size=4, checkpointing=ck),
                      checkpoint_dir=tmp_path / f"ck{ck}", log=quiet) for ck in (False, True)]  # fmt: skip
     assert runs[0]["weights_sha256"] == runs[1]["weights_sha256"]
+
+
+def test_finetune_reads_the_served_view_of_each_text(model_dir, tmp_path):
+    """With the input view on (the served default), the encoder is tuned on what it will read:
+    the evasion-folded text; the manifest says so, and a checkpoint of a run on the raw texts
+    is not resumed by a run on the views (they are different data)."""
+    import pytest
+
+    from service.classifier.finetune import FinetuneInterrupted, read_texts, token_ids
+    from service.policy.text import model_view
+
+    viewed, raw = Encoder(model_dir, view=model_view), Encoder(model_dir)
+    evasive = ["加🔥V🔥信 日结", "ｆｒｅｅ ｍｏｎｅｙ", "垃圾"]
+    assert read_texts(viewed, evasive) == [model_view(t) for t in evasive] != evasive
+    assert read_texts(raw, evasive) == evasive
+    assert [t.tolist() for t in token_ids(viewed, evasive)] != [t.tolist() for t in token_ids(raw, evasive)]
+
+    examples, quiet = _examples(), (lambda *_: None)
+    settings = FinetuneSettings(layers=1, epochs=1, batch_size=4)
+    with pytest.raises(FinetuneInterrupted):
+        finetune(raw, examples, tmp_path / "a", settings, checkpoint_dir=tmp_path / "ck",
+                 log=quiet, stop=lambda step: step == 1)  # fmt: skip
+    with pytest.raises(ValueError, match="another run"):
+        finetune(viewed, examples, tmp_path / "a", settings, checkpoint_dir=tmp_path / "ck",
+                 log=quiet, resume=True)  # fmt: skip
+    manifest = finetune(viewed, examples, tmp_path / "b", settings, log=quiet,
+                        checkpoint_dir=tmp_path / "ck2")  # fmt: skip
+    assert manifest["input_view"] is True

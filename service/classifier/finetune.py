@@ -80,9 +80,16 @@ class FinetuneInterrupted(Exception):
         self.checkpoint, self.step, self.total = checkpoint, step, total
 
 
+def read_texts(enc, texts: list[str]) -> list[str]:
+    """What the served encoder reads of each text: its view (`Encoder(view=...)`), if any."""
+    return [enc.view(t) for t in texts] if enc.view is not None else list(texts)
+
+
 def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print) -> list:
     """Output of the first `cut` layers for every text ("query: " prefix, unpadded, bf16)."""
     import torch
+
+    texts = read_texts(enc, texts)
 
     model, layers = enc.model, enc.model.encoder.layer
     out: list = [None] * len(texts)
@@ -108,9 +115,11 @@ def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print
 
 
 def token_ids(enc, texts: list[str]) -> list:
-    """Token ids per text ("query: " prefix, truncated as served), unpadded int64 tensors."""
+    """Token ids per text ("query: " prefix, viewed and truncated as served), unpadded int64
+    tensors."""
     import torch
 
+    texts = read_texts(enc, texts)
     out = []
     for start in range(0, len(texts), 1024):
         t = enc.tokenizer(["query: " + x for x in texts[start : start + 1024]], truncation=True,
@@ -192,7 +201,9 @@ def _steps_per_epoch(n: int, s: FinetuneSettings) -> int:
 
 
 def _fingerprint(enc, train: list[Example], w: np.ndarray, s: FinetuneSettings) -> str:
-    h = hashlib.sha256(json.dumps([asdict(s), enc.version, enc.max_length]).encode())
+    h = hashlib.sha256(
+        json.dumps([asdict(s), enc.version, enc.max_length, enc.view is not None]).encode()
+    )
     for e, wi in zip(train, w, strict=True):
         row = f"{e.text}\x1f{sorted(e.labels)}\x1f{sorted(e.covers)}\x1f{e.benign}\x1f{wi:.6g}"
         h.update(row.encode() + b"\n")
@@ -438,6 +449,7 @@ def finetune(
         "layers": list(range(cut, n_layers)),
         "settings": asdict(s),
         "train_examples": len(train),
+        "input_view": enc.view is not None,  # read the texts' model view, as served by default
         "steps": run.total,
         "epoch_losses": run.losses,
         "seconds": round(elapsed),

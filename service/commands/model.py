@@ -64,8 +64,12 @@ def model_finetune(
 
     settings = get_settings()
     ensure_model(settings)
+    from service.policy.text import model_view
+
+    # the texts as the served encoder will read them (FLOODGATE_INPUT_VIEW)
     base = Encoder(settings.resolved_model_dir, max_length=settings.max_length_tokens,
-                   threads=settings.torch_threads)  # fmt: skip
+                   threads=settings.torch_threads,
+                   view=model_view if settings.input_view else None)  # fmt: skip
     run = FinetuneSettings(layers=layers, epochs=epochs, batch_size=batch_size,
                            samples_per_epoch=samples_per_epoch, checkpointing=checkpointing)  # fmt: skip
     try:
