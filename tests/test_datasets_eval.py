@@ -63,3 +63,20 @@ def test_transfer_table_reports_accuracy_and_f1_per_label(tmp_path, model_dir):
     assert "evaluation-only datasets" in card
     assert "| zh_telecom_fraud | normal SMS | no | 4 |" in card
     assert "| chnci | cyberbullying | yes | 4 |" in card
+
+    # judged at other thresholds (the policy's, per language): a Chinese threshold of 1.0
+    # flags nothing Chinese, and only there; every held-out row names its threshold
+    from service.classifier.evaluate import Thresholds, held_out
+
+    t = Thresholds(dict(heads.thresholds),
+                   {"zh": {**heads.thresholds, "scam_spam": 1.0, "hate": 1.0}})  # fmt: skip
+    moved = transfer(cache, heads, rows, t=t)["zh_telecom_fraud"]
+    assert moved["own"]["accuracy"] == pytest.approx(float((~truth).mean()))
+    assert transfer(cache, heads, rows, t=t)["dynahate"] == result["dynahate"]
+    assert t.of("scam_spam", "zh") == 1.0 and t.of("scam_spam", "en") == heads.thresholds["scam_spam"]
+    tests = [e for e in examples if e.split == "test"]
+    hate = held_out(cache, heads, tests, t=t)["hate"]
+    assert {"all", "en", "zh"} <= set(hate)
+    for lang, row in hate.items():
+        assert row["threshold"] == (1.0 if lang == "zh" else heads.thresholds["hate"])
+    assert hate["zh"]["recall"] == 0.0 and hate["zh"]["precision"] is None

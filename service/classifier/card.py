@@ -20,7 +20,7 @@ def _held_out(result: dict) -> list[str]:
     for name, rows in result["held_out"].items():
         for lang, r in rows.items():
             lines.append(f"| {name} | {lang} | {r['n']} | {r['positives']} | {_f(r['auprc'])} | "
-                         f"{_f(r['f1'])} @ {result['thresholds'][name]:.2f} | {_f(r['precision'])} | "
+                         f"{_f(r['f1'])} @ {r.get('threshold', result['thresholds'][name]):.2f} | {_f(r['precision'])} | "
                          f"{_f(r['recall'])} | {_f(r['ece'])} |")  # fmt: skip
     return lines
 

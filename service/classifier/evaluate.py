@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,13 @@ from service.classifier.card import write_tables
 from service.classifier.datasets import CATEGORIES, SOURCES, load_eval_only, load_examples
 from service.classifier.heads import HEADS_DIR, TrainedHeads
 from service.classifier.lexicon import LEXICON_MIN_SCORE
-from service.classifier.train import OUTPUTS, average_precision, split_metrics, targets
+from service.classifier.train import (
+    LANGUAGES,
+    OUTPUTS,
+    average_precision,
+    split_metrics,
+    targets,
+)
 from service.config import REPO_ROOT
 
 SHARED_EVAL = REPO_ROOT.parent / "shared" / "data" / "eval"
@@ -43,10 +50,21 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _threshold(heads: TrainedHeads, name: str, language: str) -> float:
-    """The threshold the policy applies to ``name`` in ``language`` (its per-language value
-    where it has one; see ``policy_thresholds``)."""
-    return getattr(heads, "language_thresholds", {}).get(language, heads.thresholds)[name]
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds a model is judged at: per output, and per language where the policy
+    sets its own (``policy_thresholds``)."""
+
+    overall: dict[str, float]
+    by_language: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of_heads(cls, heads: TrainedHeads) -> Thresholds:
+        """The heads' own F1-optimal thresholds (from training), in every language."""
+        return cls(dict(heads.thresholds))
+
+    def of(self, name: str, language: str) -> float:
+        return self.by_language.get(language, self.overall)[name]
 
 
 def _suite(cache, heads: TrainedHeads, texts: list[str], language: str) -> np.ndarray:
@@ -67,11 +85,11 @@ def _accuracy(cases: list[dict], predicted: list[bool]) -> dict:
     }
 
 
-def hatecheck(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
+def hatecheck(cache, heads: TrainedHeads, t: Thresholds, root: Path = SHARED_EVAL) -> dict:
     cases = _rows(root / "hatecheck" / "test_suite_cases.csv")
     probs = _suite(cache, heads, [c["test_case"].strip() for c in cases], "en")
     hate = heads.outputs.index("hate")
-    ours = _accuracy(cases, list(probs[:, hate] >= _threshold(heads, "hate", "en")))
+    ours = _accuracy(cases, list(probs[:, hate] >= t.of("hate", "en")))
     anchors = {
         r["case_id"]: r
         for r in _rows(
@@ -85,19 +103,19 @@ def hatecheck(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
     return {"floodgate": ours, "perspective": perspective}
 
 
-def mhc(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
+def mhc(cache, heads: TrainedHeads, t: Thresholds, root: Path = SHARED_EVAL) -> dict:
     cases = _rows(root / "mhc_mandarin" / "hatecheck_cases_final_mandarin.csv")
     probs = _suite(cache, heads, [c["test_case"].strip() for c in cases], "zh")
     hate = heads.outputs.index("hate")
-    return _accuracy(cases, list(probs[:, hate] >= _threshold(heads, "hate", "zh")))
+    return _accuracy(cases, list(probs[:, hate] >= t.of("hate", "zh")))
 
 
-def xstest(cache, heads: TrainedHeads, root: Path = SHARED_EVAL) -> dict:
+def xstest(cache, heads: TrainedHeads, t: Thresholds, root: Path = SHARED_EVAL) -> dict:
     rows = _rows(root / "xstest" / "xstest_prompts.csv")
     probs = _suite(cache, heads, [r["prompt"] for r in rows], "en")
     cols = [heads.outputs.index(c) for c in CATEGORIES]
     flagged = [
-        any(probs[i, j] >= _threshold(heads, heads.outputs[j], "en") for j in cols)
+        any(probs[i, j] >= t.of(heads.outputs[j], "en") for j in cols)
         for i in range(len(rows))
     ]
     safe = [f for r, f in zip(rows, flagged, strict=True) if r["label"] == "safe"]
@@ -132,19 +150,24 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float | None:
 
 
 def transfer(
-    cache, heads: TrainedHeads, examples: list | None = None, cap_per_tag: int = 1000
+    cache,
+    heads: TrainedHeads,
+    examples: list | None = None,
+    cap_per_tag: int = 1000,
+    t: Thresholds | None = None,
 ) -> dict:
     """The evaluation-only datasets (never trained on): per dataset, its category's accuracy
     and F1 of both labels (positive: the dataset's harmful label; negative: the rest) at the
-    heads' thresholds, also when any harmful category counts as a flag; per dataset label,
-    the share judged right and the mean score."""
+    thresholds `t` (default: the heads' own), also when any harmful category counts as a
+    flag; per dataset label, the share judged right and the mean score."""
+    t = t or Thresholds.of_heads(heads)
     examples = examples if examples is not None else load_eval_only(cap_per_tag=cap_per_tag)
     if not examples:
         return {}
     emb = cache.embed([e.text for e in examples], prefix="query: ")
     probs = heads.probabilities(emb, [e.language for e in examples])
     probs = probs[:, [heads.outputs.index(o) for o in OUTPUTS]]
-    flagged = np.stack([probs[i] >= np.array([_threshold(heads, o, e.language) for o in OUTPUTS])
+    flagged = np.stack([probs[i] >= np.array([t.of(o, e.language) for o in OUTPUTS])
                         for i, e in enumerate(examples)])  # fmt: skip
     harmful = [OUTPUTS.index(c) for c in CATEGORIES]
     covers = {src.name: src.covers for src in SOURCES}
@@ -183,12 +206,14 @@ def _held_out_probs(cache, heads: TrainedHeads, examples: list) -> np.ndarray:
 
 
 def held_out(cache, heads: TrainedHeads, examples: list | None = None,
-             probs: np.ndarray | None = None) -> dict:  # fmt: skip
+             probs: np.ndarray | None = None, t: Thresholds | None = None) -> dict:  # fmt: skip
+    """Test-split metrics per output x language, at `t` (default: the heads' own)."""
+    t = t or Thresholds.of_heads(heads)
     examples = examples if examples is not None else _test_split(heads)
     probs = probs if probs is not None else _held_out_probs(cache, heads, examples)
     y, m = targets(examples)
     langs = np.array([e.language for e in examples])
-    return split_metrics(probs, y, m, langs, heads.thresholds)
+    return split_metrics(probs, y, m, langs, t.overall, t.by_language)
 
 
 # (precision, max_length) besides the one the heads were trained on: the other precision the
@@ -196,7 +221,8 @@ def held_out(cache, heads: TrainedHeads, examples: list | None = None,
 SERVING_VARIANTS = (("fp32", 256), ("bf16", 256), ("fp32", 512), ("bf16", 128))
 
 
-def serving_variants(cache, heads: TrainedHeads, examples: list, log=print) -> dict:
+def serving_variants(cache, heads: TrainedHeads, examples: list, t: Thresholds,
+                     log=print) -> dict:  # fmt: skip
     """Test-split AUPRC per category (all languages) for each encoder precision x
     truncation, with the same heads: what bf16, fp32 and truncation cost. The first entry
     is what the heads were trained on."""
@@ -208,12 +234,13 @@ def serving_variants(cache, heads: TrainedHeads, examples: list, log=print) -> d
         log(f"  {precision}, {max_length} tokens ...")
         variant = cache.variant(precision=precision, max_length=max_length)
         metrics = split_metrics(_held_out_probs(variant, heads, examples), y, m, langs,
-                                heads.thresholds)  # fmt: skip
+                                t.overall, t.by_language)  # fmt: skip
         out[f"{precision}@{max_length}"] = {c: metrics[c]["all"]["auprc"] for c in metrics}
     return out
 
 
-def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, policy_path: Path) -> dict:
+def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, policy_path: Path,
+                   t: Thresholds) -> dict:  # fmt: skip
     """Per lexicon list: the model alone, the lexicon alone, and the two combined, on the
     test split (precision, recall, F1, false flags); plus the lexicon's hits on every
     negative of the uncapped test split."""
@@ -236,7 +263,7 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
             continue
         j = OUTPUTS.index(lst.category)
         hit, score = hits(matcher, capped), probs[:, j]
-        model = score >= heads.thresholds[lst.category]
+        model = score >= np.array([t.of(lst.category, lang) for lang in langs])
         ways = {"model": model, "lexicon": hit, "model or lexicon": model | hit,
                 "combined": model | (hit & (score >= LEXICON_MIN_SCORE))}  # fmt: skip
         rows = {}
@@ -255,18 +282,20 @@ def lexicon_effect(heads: TrainedHeads, examples: list, probs: np.ndarray, polic
     return out
 
 
-def policy_thresholds(
-    heads: TrainedHeads, policy_path: Path, language: str | None = None
-) -> dict[str, float]:
-    """The thresholds the service applies: the policy's (for ``language``, where it sets
-    one per language), where it names the category."""
+def policy_thresholds(heads: TrainedHeads, policy_path: Path) -> Thresholds:
+    """The thresholds the service applies: the policy's (per language where it sets one),
+    where it names the category; the heads' own for the rest (benign)."""
     from service.policy import load_policy
 
     categories = load_policy(policy_path).policy.categories
-    return {name: (categories[name].threshold_for(language) if language
-                   else categories[name].threshold)
-            if name in categories else heads.thresholds[name]
-            for name in heads.outputs}  # fmt: skip
+
+    def table(language: str | None) -> dict[str, float]:
+        return {name: (categories[name].threshold_for(language) if language
+                       else categories[name].threshold)
+                if name in categories else heads.thresholds[name]
+                for name in heads.outputs}  # fmt: skip
+
+    return Thresholds(table(None), {lang: table(lang) for lang in LANGUAGES})
 
 
 def evaluate(
@@ -279,34 +308,32 @@ def evaluate(
     transfer_cap: int = 1000,
 ) -> dict:
     heads = TrainedHeads(heads_dir, encoder_version=cache.version)
-    # judge the model at the thresholds the default policy applies (calibrated: one number
-    # for both languages), not at the F1-optimal ones found in training
-    heads.thresholds = policy_thresholds(heads, policy_path)
-    heads.language_thresholds = {lang: policy_thresholds(heads, policy_path, lang)
-                                 for lang in ("en", "zh")}  # fmt: skip
+    # judge the model at the thresholds the default policy applies (per language where it
+    # sets one), not at the F1-optimal ones found in training
+    t = policy_thresholds(heads, policy_path)
     log("held-out test split ...")
     examples = _test_split(heads)
     probs = _held_out_probs(cache, heads, examples)
-    result = {"heads_version": heads.version, "thresholds": heads.thresholds,
-              "thresholds_by_language": heads.language_thresholds,
-              "held_out": held_out(cache, heads, examples, probs)}  # fmt: skip
+    result = {"heads_version": heads.version, "thresholds": t.overall,
+              "thresholds_by_language": t.by_language,
+              "held_out": held_out(cache, heads, examples, probs, t)}  # fmt: skip
     log("lexicon rules ...")
-    result["lexicon"] = lexicon_effect(heads, examples, probs, policy_path)
+    result["lexicon"] = lexicon_effect(heads, examples, probs, policy_path, t)
     if variants and getattr(cache, "model_dir", None) is not None:
         log("serving variants (precision x truncation) ...")
-        result["serving_variants"] = serving_variants(cache, heads, examples, log)
+        result["serving_variants"] = serving_variants(cache, heads, examples, t, log)
     trained = heads.manifest.get("metrics", {})
     if "without_seeds" in trained:
         result["seeds_ablation"] = {"with": trained["test"], "without": trained["without_seeds"]}
     log("HateCheck ...")
-    result["hatecheck"] = hatecheck(cache, heads)
+    result["hatecheck"] = hatecheck(cache, heads, t)
     log("MHC (Mandarin HateCheck) ...")
-    result["mhc_mandarin"] = mhc(cache, heads)
+    result["mhc_mandarin"] = mhc(cache, heads, t)
     log("XSTest ...")
-    result["xstest"] = xstest(cache, heads)
+    result["xstest"] = xstest(cache, heads, t)
     if transfer_cap:
         log("evaluation-only datasets (transfer to real posts) ...")
-        result["transfer"] = transfer(cache, heads, cap_per_tag=transfer_cap)
+        result["transfer"] = transfer(cache, heads, cap_per_tag=transfer_cap, t=t)
     if "without_source" in trained:
         result["source_ablation"] = {"with": trained["test"], "without": trained["without_source"]}
     (Path(heads_dir) / "eval.json").write_text(

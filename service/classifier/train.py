@@ -264,7 +264,9 @@ def expected_calibration_error(scores: np.ndarray, y: np.ndarray, bins: int = 10
     return float(ece)
 
 
-def split_metrics(probs, y, m, langs, thresholds: dict) -> dict:
+def split_metrics(probs, y, m, langs, thresholds: dict, by_language: dict | None = None) -> dict:
+    """Per output x language ("all" too): AUPRC, and precision / recall / F1 at `thresholds`
+    (a language's rows at `by_language[lang]` where given; each row names its threshold)."""
     out: dict = {}
     for j, name in enumerate(OUTPUTS):
         rows = {}
@@ -273,11 +275,13 @@ def split_metrics(probs, y, m, langs, thresholds: dict) -> dict:
             if not sel.any() or y[sel, j].sum() == 0:
                 continue
             s, t = probs[sel, j], y[sel, j]
+            threshold = (by_language or {}).get(lang, thresholds)[name]
             rows[lang] = {
                 "n": int(sel.sum()),
                 "positives": int(t.sum()),
                 "auprc": average_precision(s, t),
-                **f1_at(s, t, thresholds[name]),
+                "threshold": threshold,
+                **f1_at(s, t, threshold),
                 "ece": expected_calibration_error(s, t),
             }
         out[name] = rows
