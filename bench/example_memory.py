@@ -41,7 +41,7 @@ from service.config import get_settings
 from service.policy import load_policy
 from service.policy.model import Memory
 
-SIMILARITIES = (0.8, 0.84, 0.88, 0.92)
+SIMILARITIES = (0.8, 0.85, 0.88, 0.92)
 
 
 def _with_memory(policy, category: str, language: str, texts: list[str], similarity: float):

@@ -366,6 +366,17 @@ def en(text: str = "my cat knocked over my coffee again", **kw: object) -> Facts
     return facts(text=text, language="en", script="Latn", **kw)
 
 
+def _zh_threshold(category: str) -> float:
+    """The default policy's Chinese threshold (tuned by `floodgate policy tune`: the cases
+    below sit relative to it, not on a number that moves with every retrain)."""
+    return load_policy(DEFAULT_POLICY).policy.categories[category].threshold_for("zh")
+
+
+# a sexual score with some model support (>= 0.2, what the lexicon rules ask) that is still
+# below the category's Chinese threshold
+LEXICON_BAND = (0.2 + _zh_threshold("sexual")) / 2
+assert 0.2 <= LEXICON_BAND < _zh_threshold("sexual")
+
 DEFAULT_CASES = [
     # (facts, action per market, labels that must be in the own market's outcome, queue)
     pytest.param(zh(), {"cn": "allow", "intl": "allow"}, set(), None, id="zh-benign"),
@@ -383,14 +394,15 @@ DEFAULT_CASES = [
         id="zh-hate",
     ),
     pytest.param(
-        zh(scores={"hate": 0.49}), {"cn": "allow", "intl": "allow"}, set(), None, id="zh-hate-below"
+        zh(scores={"hate": _zh_threshold("hate") - 0.01}), {"cn": "allow", "intl": "allow"},
+        set(), None, id="zh-hate-below",
     ),
     # a lexicon term counts only with some model support (score >= 0.2, below threshold)
-    pytest.param(zh("寂寞女在线裸聊，私聊我", scores={"sexual": 0.3}),
+    pytest.param(zh("寂寞女在线裸聊，私聊我", scores={"sexual": LEXICON_BAND}),
                  {"cn": "review", "intl": "review"}, set(), "review:zh", id="zh-lexicon-sexual"),
     pytest.param(zh("寂寞女在线裸聊，私聊我", scores={"sexual": 0.1}),
                  {"cn": "allow", "intl": "allow"}, set(), None, id="zh-lexicon-without-model"),
-    pytest.param(zh("今天的美腿穿搭分享", scores={"sexual": 0.3}),
+    pytest.param(zh("今天的美腿穿搭分享", scores={"sexual": LEXICON_BAND}),
                  {"cn": "allow", "intl": "allow"}, set(), None, id="zh-dropped-lexicon-term"),
     pytest.param(
         en(scores={"hate": 0.9}, market="intl"),

@@ -41,8 +41,10 @@ class Memory(_Strict):
     close to one of them, and closer to it than to any of the policy's benign examples,
     scores at least the category's threshold in its language."""
 
-    # e5 puts unrelated posts at 0.75-0.85 and reworded copies of one post at 0.92 and above
-    similarity: float = Field(default=0.92, ge=0.5, lt=1.0)
+    # measured (bench/example_memory.py, models/README.md): at 0.85 ten examples of one
+    # fraud script lift its recall 0.84 -> 0.91 and flag under 1 in 1,000 ordinary posts
+    # besides; at 0.8 a wave of ten hate examples flags 14 of 1,815
+    similarity: float = Field(default=0.85, ge=0.5, lt=1.0)
     examples: Examples = Field(min_length=1)
 
     @field_validator("examples")
