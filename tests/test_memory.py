@@ -18,14 +18,14 @@ REWORDED = "兼职刷单 日结300 加v信abc12345 详聊"
 ORDINARY = "今天和朋友去公园散步，天气很好，晚上吃了火锅"
 
 
-def _policy(memory: str = "", benign: str = "今天天气很好"):
+def _policy(memory: str = "", benign: str = "今天天气很好", threshold: float = 0.99):
     # the threshold is out of the heads' reach: only the memory can make the rule fire
     return parse_policy(f"""\
 name: memory-test
 categories:
   scam_spam:
     description: scams and spam
-    threshold: 0.99
+    threshold: {threshold}
 {memory}
 benign_examples:
   zh: [{benign}, 我家的猫很可爱, 周末去爬山]
@@ -82,6 +82,19 @@ def test_the_similarity_knob_and_the_version(moderator):
     assert d.action == "allow" and d.memory is None
     (_,), loose = _decide(moderator, _policy(MEMORY), REWORDED)
     assert mod.classifier.version != loose.classifier.version  # the knob is in the version
+
+
+def test_a_recalled_score_meets_the_thresholds_of_the_policy_that_judges(moderator):
+    """Under a drift profile the same scorer serves a policy with other thresholds: the
+    memory lifts a recalled post to the thresholds the post is judged by."""
+    lp, profile = _policy(MEMORY), _policy(MEMORY, threshold=0.995)
+    scorer = PolicyScorer(moderator.encoder, lp.policy, moderator.heads)
+    emb = moderator.encoder.embed([REWORDED, ORDINARY])
+    own, recalls = scorer.assess(emb, ["zh", "zh"])
+    judged, _ = scorer.assess(emb, ["zh", "zh"], profile.policy)
+    assert own[0]["scam_spam"] == 0.99 and judged[0]["scam_spam"] == 0.995
+    assert own[1] == judged[1] and recalls[1] == {}
+    assert scorer.score_embeddings(emb, ["zh", "zh"]) == own
 
 
 @pytest.mark.parametrize(
