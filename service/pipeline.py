@@ -30,7 +30,7 @@ from service.classifier.memory import Recall
 from service.classifier.scorer import PolicyScorer
 from service.config import Settings
 from service.language import LanguageResult
-from service.policy import Facts, LoadedPolicy, Outcome, evaluate, load_policy
+from service.policy import Facts, LoadedPolicy, Outcome, Policy, evaluate, load_policy
 from service.schemas import Decision, PostIn
 
 
@@ -92,10 +92,15 @@ class Assessment:
 
 
 def score(
-    scorer: PolicyScorer, embeddings: np.ndarray, languages: Sequence[LanguageResult]
-) -> list[dict[str, float]]:
-    """Category scores of each post from its embedding and detected language."""
-    return scorer.score_embeddings(embeddings, [lang.code for lang in languages])
+    scorer: PolicyScorer,
+    embeddings: np.ndarray,
+    languages: Sequence[LanguageResult],
+    judged_by: Policy | None = None,
+) -> tuple[list[dict[str, float]], list[dict[str, Recall]]]:
+    """Category scores of each post from its embedding and detected language, and the
+    policy's memory examples that raised them (to the thresholds of `judged_by`, the policy
+    under its drift profile; default the scorer's own policy)."""
+    return scorer.assess(embeddings, [lang.code for lang in languages], judged_by)
 
 
 def judge(
@@ -238,10 +243,10 @@ class Moderator:
                                       markets=[j.post.market for j in jobs])  # fmt: skip
         with self._lock:
             embeddings = self.encoder.embed(texts, prefix=QUERY, use_cache=True)
-        scores, recalls = scorer.assess(embeddings, [x.code for x in langs], lp.policy)
-        shadow_scores = score(shadow[1], embeddings, langs) if shadow else None
-        return Forward(list(jobs), langs, scores, recalls, shadow_scores, lp,
-                       shadow[0].under(drift) if shadow else None,
+        scores, recalls = score(scorer, embeddings, langs, lp.policy)
+        shadow_lp = shadow[0].under(drift) if shadow else None
+        shadow_scores = score(shadow[1], embeddings, langs, shadow_lp.policy)[0] if shadow else None
+        return Forward(list(jobs), langs, scores, recalls, shadow_scores, lp, shadow_lp,
                        {"name": scorer.name, "version": scorer.version},
                        started_ms, time.perf_counter() - started)  # fmt: skip
 

@@ -86,7 +86,7 @@ class Embedded:
         scorer = PolicyScorer(self.cache, lp.policy, self.heads)
         self.scorer_versions[lp.version] = scorer.version
         if scorer.version not in self._scores:
-            self._scores[scorer.version] = pipeline.score(scorer, self.embeddings, self.languages)
+            self._scores[scorer.version] = pipeline.score(scorer, self.embeddings, self.languages)[0]
         scores = self._scores[scorer.version]
         return [
             ScoredPost(p, lang, sc)
