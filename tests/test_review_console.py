@@ -154,6 +154,28 @@ def test_claim_read_and_resolve_with_one_key_press(review_service, console):
 
 
 @needs_chromium
+def test_the_reviewer_sees_which_memory_example_a_post_resembles(review_service, console):
+    """A post of a wave the policy's memory lists is queued for the Chinese reviewers, and
+    the console says which example it resembles, as text."""
+    svc = review_service
+    decision = svc.submit("zh-wave", "宝妈在家兼职 手机做任务 一单一结 每天轻松赚300", market="cn")
+    recalled = decision["memory"]["scam_spam"]
+    assert recalled["example"] == live.WAVE and recalled["similarity"] >= 0.85
+    assert decision["action"] == "review" and decision["review"]["queue"] == "zh/general"
+    tab = console(svc.api.url)
+    page = tab.page
+    tab.use_key(svc.tokens["li"])
+    page.locator("#queues tbody tr[data-queue='zh/general']").click()
+    page.keyboard.press("c")
+    expect(page.locator("#item-id")).to_have_text("zh-wave")
+    line = page.locator("#item-rules li.memory")
+    expect(line).to_have_count(1)
+    expect(line).to_contain_text(f"scam_spam: resembles the policy's example “{live.WAVE}”")
+    expect(line).to_contain_text(f"similarity {recalled['similarity']:.3f}")
+    expect(page.locator("#item-rules li", has_text="harmful-zh-review")).to_have_count(1)
+
+
+@needs_chromium
 def test_keys_that_may_not_review_are_refused_in_the_page(review_service, console):
     svc = review_service
     tab = console(svc.api.url)

@@ -44,6 +44,12 @@ review:
     zh_pool: {reviewers: 100, items_per_hour: 60, languages: [zh]}
   reviewers: {alice: en_pool, bob: en_pool, li: zh_pool, carol-typo: zh_pool}
 """
+# an operator's example of a new wave (the policy's memory, under scam_spam)
+WAVE = "宝妈在家兼职，手机做任务一单一结，每天轻松赚三百"
+MEMORY = f"""  scam_spam:
+    memory:
+      examples: {{zh: ["{WAVE}"]}}
+"""
 EN = "please have a look at this reviewme post, my friends from Texas"
 ZH = "今天天气很好，我们一起去公园散步吧，reviewme"
 
@@ -51,6 +57,7 @@ ZH = "今天天气很好，我们一起去公园散步吧，reviewme"
 def review_policy(tmp_path: Path) -> Path:
     text = DEFAULT.read_text("utf-8").split("\n# --- human review")[0]
     text = text.replace("keywords:\n", "keywords:\n  review_me:\n    terms: [reviewme]\n", 1)
+    text = text.replace("  scam_spam:\n", MEMORY, 1)
     path = tmp_path / "policy.yaml"
     path.write_text(text.rstrip("\n") + "\n" + TEST_RULE + TEST_REVIEW, "utf-8")
     shutil.copytree(DEFAULT.parent / "lists", tmp_path / "lists", dirs_exist_ok=True)

@@ -178,6 +178,8 @@ def plan(decision: Decision, post: Mapping, policy: Policy, now_s: float) -> Pla
         "categories": sorted({c for r in decision.reasons for c in r.categories}),
         "scores": decision.scores, "labels": decision.labels,
         "reach": reach, "decided_at": decision.decided_at.isoformat(),
+        # the policy's memory examples the post resembles (why the reviewer sees it)
+        "memory": {c: r.model_dump() for c, r in (decision.memory or {}).items()},
     }  # fmt: skip
     if routing is None:
         return Planned(decision.model_dump_json(), ReviewEntry(json.dumps(item, ensure_ascii=False)))

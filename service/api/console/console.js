@@ -163,7 +163,11 @@
         ` (${item.verdict.reason}); ` : "";
       $("appeal-text").textContent = `${first}the author says: ${item.appeal.reason}`;
     }
-    fill($("item-rules"), (item.rules || []).map((r) => el("li", r)));
+    // rules, then the policy's memory examples the post resembles (category, similarity, text)
+    const recalled = Object.entries(item.memory || {}).map(([category, m]) =>
+      el("li", `${category}: resembles the policy's example “${m.example}” ` +
+        `(similarity ${m.similarity.toFixed(3)})`, "memory"));
+    fill($("item-rules"), (item.rules || []).map((r) => el("li", r)).concat(recalled));
     const scores = Object.entries(item.scores || {}).sort((a, b) => b[1] - a[1]);
     fill(document.querySelector("#item-scores tbody"), scores.map(([name, value]) => {
       const row = el("tr");
