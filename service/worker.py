@@ -272,12 +272,9 @@ class Worker:
             log.exception("worker %s: forward pass of %d failed", self.name, len(jobs))
         done = self._settle()
         if jobs:
-            self._pending = self._finisher.submit(self._finish, jobs, fw)
+            # the finisher's part: policy and commit, no torch (of the Moderator only ``fw``)
+            self._pending = self._finisher.submit(self._decide_jobs, jobs, False, fw)
         return done
-
-    def _finish(self, jobs: list[tuple[Entry, Job]], fw: Forward | None) -> int:
-        """The finisher's part: policy and commit (no torch; of the Moderator only ``fw``)."""
-        return self._decide_jobs(jobs, fw=fw)
 
     def _settle(self) -> int:
         """Wait for the batch in the finisher; the decisions it stored (its errors raise)."""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from service import language as _language
-from service.classifier.embedder import QUERY
+from service.classifier.embedder import QUERY, read
 from service.language import LanguageResult, Segment
 from service.progress import on_terminal, progress_bar
 
@@ -181,8 +181,7 @@ class EmbeddingCache:
         return self._db
 
     def _key(self, text: str, prefix: str) -> str:
-        seen = self.view(text) if self.view is not None else text
-        return f"{self.max_length}\x1f{prefix}\x1f{_sha1(seen)}"
+        return f"{self.max_length}\x1f{prefix}\x1f{_sha1(read(self.view, text))}"
 
     def _lookup(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         db = self._emb_db()

@@ -18,6 +18,11 @@ import numpy as np
 QUERY = "query: "  # e5's prefix for symmetric similarity tasks
 
 
+def read(view: Callable[[str], str] | None, text: str) -> str:
+    """What a model with ``view`` reads of ``text``: its view, or the text as written."""
+    return view(text) if view is not None else text
+
+
 @runtime_checkable
 class Embedder(Protocol):
     version: str

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.classifier.embedder import read
 from service.classifier.tuned import load_tuned, tuned_manifest, tuned_version
 
 # Belt and braces: nothing in this process may reach a model hub.
@@ -171,8 +172,7 @@ class Encoder:
         Identical texts are embedded once; with ``use_cache`` also across calls (a bounded
         LRU of ``cache_size`` texts). With a ``view``, the model reads each text's view.
         """
-        if self.view is not None:
-            texts = [self.view(t) for t in texts]
+        texts = [read(self.view, t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         todo: dict[str, list[int]] = {}
         for i, text in enumerate(texts):

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from service.classifier.datasets import Example, check_trainable
+from service.classifier.embedder import read
 from service.classifier.train import TrainSettings, _head, sample_weights, targets
 from service.classifier.tuned import MANIFEST, TUNED_DIR, WEIGHTS
 from service.config import REPO_ROOT
@@ -82,7 +83,7 @@ class FinetuneInterrupted(Exception):
 
 def read_texts(enc, texts: list[str]) -> list[str]:
     """What the served encoder reads of each text: its view (`Encoder(view=...)`), if any."""
-    return [enc.view(t) for t in texts] if enc.view is not None else list(texts)
+    return [read(enc.view, t) for t in texts]
 
 
 def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print) -> list:

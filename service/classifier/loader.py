@@ -9,6 +9,7 @@ so they read the same model directory, tuned layers, arithmetic and truncation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from service.classifier.cache import EmbeddingCache
@@ -20,6 +21,12 @@ from service.policy.text import model_view
 log = logging.getLogger("floodgate.classifier")
 
 
+def input_view(settings: Settings) -> Callable[[str], str] | None:
+    """What the model reads of a post: ``policy.text.model_view`` (FLOODGATE_INPUT_VIEW), or
+    the text as written."""
+    return model_view if settings.input_view else None
+
+
 def load_encoder(settings: Settings) -> Encoder:
     """The encoder the worker serves with (tuned layers, arithmetic, in-memory cache)."""
     return Encoder(
@@ -29,7 +36,7 @@ def load_encoder(settings: Settings) -> Encoder:
         precision=settings.precision,
         tuned_dir=settings.tuned_dir,
         cache_size=settings.embedding_cache_size,
-        view=model_view if settings.input_view else None,
+        view=input_view(settings),
     )
 
 
@@ -50,7 +57,7 @@ def open_embedding_cache(
         precision=settings.precision,
         tuned_dir=settings.tuned_dir,
         progress=progress,
-        view=model_view if settings.input_view else None,
+        view=input_view(settings),
     )
 
 

@@ -65,12 +65,11 @@ def model_finetune(
 
     settings = get_settings()
     ensure_model(settings)
-    from service.policy.text import model_view
+    from service.classifier.loader import input_view
 
     # the texts as the served encoder will read them (FLOODGATE_INPUT_VIEW)
     base = Encoder(settings.resolved_model_dir, max_length=settings.max_length_tokens,
-                   threads=settings.torch_threads,
-                   view=model_view if settings.input_view else None)  # fmt: skip
+                   threads=settings.torch_threads, view=input_view(settings))  # fmt: skip
     run = FinetuneSettings(layers=layers, epochs=epochs, batch_size=batch_size,
                            samples_per_epoch=samples_per_epoch, checkpointing=checkpointing)  # fmt: skip
     try:
