@@ -13,7 +13,8 @@ compares both on the same evaluation). Two modes, one recipe:
 
 Both: the trained layers learn together with a throw-away head of the served shape, with
 the served recipe's masked, class-weighted BCE and sample weights (`train.py`), in bf16
-autocast, seeds fixed, batches of similar length (length buckets) in random order,
+autocast where the CPU multiplies bf16 in hardware and in fp32 elsewhere (`precision`: an
+AVX2-only CPU emulates bf16 about 20x slower than it runs fp32), seeds fixed, batches of similar length (length buckets) in random order,
 one-cycle learning rate. With `samples_per_epoch` an epoch draws that many examples with
 probability proportional to their sample weight (category x language balance) instead of
 weighting the loss; that also bounds an epoch's time whatever the data size.
@@ -42,13 +43,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from service.classifier.datasets import Example, check_trainable
 from service.classifier.embedder import read
+from service.classifier.encoder import resolve_precision
 from service.classifier.train import TrainSettings, _head, sample_weights, targets
 from service.classifier.tuned import MANIFEST, TUNED_DIR, WEIGHTS
 from service.config import REPO_ROOT
@@ -71,6 +73,13 @@ class FinetuneSettings:
     # N draws per epoch, with probability proportional to the sample weight
     samples_per_epoch: int = 0
     checkpointing: bool = False  # gradient checkpointing: recompute activations in backward
+    # "auto": bf16 autocast where the CPU has bf16 units (encoder.cpu_has_bf16), else fp32;
+    # resolved before the run, so the fingerprint and the manifest name what was used
+    precision: str = "auto"
+
+
+def _autocast(torch, precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class FinetuneInterrupted(Exception):
@@ -86,8 +95,10 @@ def read_texts(enc, texts: list[str]) -> list[str]:
     return [read(enc.view, t) for t in texts]
 
 
-def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print) -> list:
-    """Output of the first `cut` layers for every text ("query: " prefix, unpadded, bf16)."""
+def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print,
+                 precision: str = "bf16") -> list:  # fmt: skip
+    """Output of the first `cut` layers for every text ("query: " prefix, unpadded, stored in
+    bf16 whatever `precision` computed them)."""
     import torch
 
     texts = read_texts(enc, texts)
@@ -97,7 +108,7 @@ def lower_states(enc, texts: list[str], cut: int, sub_batch: int = 64, log=print
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     model.encoder.layer = layers[:cut]
     try:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), _autocast(torch, precision):
             for start in range(0, len(texts), sub_batch):
                 idx = order[start : start + sub_batch]
                 t = enc.tokenizer(["query: " + texts[i] for i in idx], padding=True,
@@ -313,7 +324,7 @@ class _Run:
         """One optimiser step on a batch of example indices; returns its loss."""
         torch = self.torch
         idx = torch.from_numpy(batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _autocast(torch, self.s.precision):
             if self.cut:
                 pooled = run_top(self.model, self.trained, [inputs[i] for i in batch],
                                  self.s.checkpointing)  # fmt: skip
@@ -407,6 +418,9 @@ def finetune(
 
     check_trainable(examples)
     s = settings or FinetuneSettings()
+    s = replace(s, precision=resolve_precision(s.precision))
+    if s.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {s.precision!r}")
     n_layers = enc.model.config.num_hidden_layers
     if not 1 <= s.layers <= n_layers:
         raise ValueError(f"layers must be 1..{n_layers}, not {s.layers}")
@@ -426,7 +440,7 @@ def finetune(
         log(f"no checkpoint in {checkpoint_dir}: starting from the beginning")
     started = time.perf_counter()
     if cut:
-        inputs = lower_states(enc, [e.text for e in train], cut, log=log)
+        inputs = lower_states(enc, [e.text for e in train], cut, log=log, precision=s.precision)
         log(f"lower {cut} layers for {len(train)} texts: {time.perf_counter() - started:.0f} s")
     else:
         inputs = token_ids(enc, [e.text for e in train])

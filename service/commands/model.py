@@ -47,13 +47,16 @@ def model_finetune(
     ),
     batch_size: int = typer.Option(32, help="texts per step (similar lengths together)"),
     checkpointing: bool = typer.Option(False, help="gradient checkpointing (less memory)"),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 autocast where the CPU has bf16 units, else fp32), bf16 or fp32"
+    ),
     resume: bool = typer.Option(False, help="continue from the checkpoint in --checkpoint-dir"),
     checkpoint_dir: Path = typer.Option(None, help="checkpoints (default: <data dir>/finetune)"),
     checkpoint_every: float = typer.Option(300, help="seconds between checkpoints"),
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
 ) -> None:
     """Fine-tune the encoder (all 12 layers, or the top ones) on the train split; CPU, bf16
-    autocast; resumable (Ctrl-C saves; `--resume` continues). ~16 min on 2 quiet cores."""
+    autocast where the CPU has bf16 units; resumable (Ctrl-C saves; `--resume` continues). ~16 min on 2 quiet cores."""
     from service.classifier.datasets import load_examples
     from service.classifier.encoder import Encoder
     from service.classifier.finetune import (
@@ -71,7 +74,8 @@ def model_finetune(
     base = Encoder(settings.resolved_model_dir, max_length=settings.max_length_tokens,
                    threads=settings.torch_threads, view=input_view(settings))  # fmt: skip
     run = FinetuneSettings(layers=layers, epochs=epochs, batch_size=batch_size,
-                           samples_per_epoch=samples_per_epoch, checkpointing=checkpointing)  # fmt: skip
+                           samples_per_epoch=samples_per_epoch, checkpointing=checkpointing,
+                           precision=precision)  # fmt: skip
     try:
         manifest = finetune(base, load_examples(cap_per_label=cap or None),
                             out or settings.tuned_dir or TUNED_DIR, run, log=typer.echo,
