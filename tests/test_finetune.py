@@ -45,12 +45,12 @@ def test_finetune_is_repeatable_and_its_layers_load(model_dir, tmp_path):
 
 
 def test_precision_is_resolved_recorded_and_used(model_dir, tmp_path):
-    """"auto" becomes bf16 autocast only where the CPU has bf16 units (emulated bf16 is ~20x
-    slower than fp32 on an AVX2-only CPU); the manifest names what ran, the two precisions
-    give other weights, and int8 (a serving option) is refused."""
+    """"auto" becomes bf16 autocast only where it is fast (bf16 units or AVX-512; emulated bf16
+    is ~20x slower than fp32 on an AVX2-only CPU); the manifest names what ran, the two
+    precisions give other weights, and int8 (a serving option) is refused."""
     import pytest
 
-    from service.classifier.encoder import resolve_precision
+    from service.classifier.finetune import training_precision
 
     examples = _examples()
     quiet = lambda *_: None  # noqa: E731
@@ -61,10 +61,10 @@ def test_precision_is_resolved_recorded_and_used(model_dir, tmp_path):
                         log=quiet, checkpoint_dir=tmp_path / f"ck-{name}")  # fmt: skip
 
     auto, fp32, bf16 = run("auto", "auto"), run("fp32", "fp32"), run("bf16", "bf16")
-    assert auto["settings"]["precision"] == resolve_precision("auto") in ("fp32", "bf16")
+    assert auto["settings"]["precision"] == training_precision() in ("fp32", "bf16")
     assert fp32["settings"]["precision"] == "fp32" and bf16["settings"]["precision"] == "bf16"
     assert fp32["weights_sha256"] != bf16["weights_sha256"]
-    assert auto["weights_sha256"] == {"fp32": fp32, "bf16": bf16}[resolve_precision("auto")]["weights_sha256"]
+    assert auto["weights_sha256"] == {"fp32": fp32, "bf16": bf16}[training_precision()]["weights_sha256"]
     with pytest.raises(ValueError, match="precision"):
         run("int8", "int8")
 

@@ -33,14 +33,21 @@ PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return frozenset()
+    return frozenset(cpuinfo.read_text(errors="replace").split())
+
+
+@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); without it,
     torch emulates bf16 and it is slower than fp32. Reads /proc/cpuinfo where there is one
     (no torch import: a warm backtest never loads torch)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        flags = set(cpuinfo.read_text(errors="replace").split())
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if Path("/proc/cpuinfo").exists():
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     import torch
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

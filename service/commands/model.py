@@ -48,7 +48,7 @@ def model_finetune(
     batch_size: int = typer.Option(32, help="texts per step (similar lengths together)"),
     checkpointing: bool = typer.Option(False, help="gradient checkpointing (less memory)"),
     precision: str = typer.Option(
-        "auto", help="auto (bf16 autocast where the CPU has bf16 units, else fp32), bf16 or fp32"
+        "auto", help="auto (bf16 autocast where the CPU has bf16 units or AVX-512, else fp32), bf16 or fp32"
     ),
     resume: bool = typer.Option(False, help="continue from the checkpoint in --checkpoint-dir"),
     checkpoint_dir: Path = typer.Option(None, help="checkpoints (default: <data dir>/finetune)"),
@@ -56,7 +56,7 @@ def model_finetune(
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
 ) -> None:
     """Fine-tune the encoder (all 12 layers, or the top ones) on the train split; CPU, bf16
-    autocast where the CPU has bf16 units; resumable (Ctrl-C saves; `--resume` continues). ~16 min on 2 quiet cores."""
+    autocast where the CPU has bf16 units or AVX-512, else fp32; resumable (Ctrl-C saves; `--resume` continues). ~16 min on 2 quiet cores."""
     from service.classifier.datasets import load_examples
     from service.classifier.encoder import Encoder
     from service.classifier.finetune import (
