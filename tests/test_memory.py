@@ -19,8 +19,12 @@ ORDINARY = "今天和朋友去公园散步，天气很好，晚上吃了火锅"
 
 
 def _policy(memory: str = "", benign: str = "今天天气很好", threshold: float = 0.99):
+    return parse_policy(_policy_yaml(memory, benign, threshold), source="memory.yaml")
+
+
+def _policy_yaml(memory: str = "", benign: str = "今天天气很好", threshold: float = 0.99) -> str:
     # the threshold is out of the heads' reach: only the memory can make the rule fire
-    return parse_policy(f"""\
+    return f"""\
 name: memory-test
 categories:
   scam_spam:
@@ -33,7 +37,7 @@ rules:
   - id: spam-review
     when: {{category: scam_spam}}
     action: review
-""", source="memory.yaml")  # fmt: skip
+"""
 
 
 MEMORY = f"""\
@@ -112,3 +116,66 @@ def test_a_bad_memory_is_refused_with_its_line(memory, line, fragment):
     errors = info.value.errors
     assert all(e.startswith(f"memory.yaml:{line}:") for e in errors), errors
     assert any(fragment in e and "categories.scam_spam.memory" in e for e in errors), errors
+
+
+def _policy_file(tmp_path, memory: str, files: dict[str, str]):
+    for rel, content in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(content, encoding="utf-8")
+    (tmp_path / "policy.yaml").write_text(_policy_yaml(memory), encoding="utf-8")
+    return tmp_path / "policy.yaml"
+
+
+FILE_MEMORY = """\
+    memory:
+      similarity: 0.9
+      examples:
+        zh: [一条写在策略里的例子]
+      files:
+        zh: [waves/scam.txt]
+"""
+
+
+def test_memory_examples_can_live_in_files_beside_the_policy(moderator, tmp_path):
+    """An operator drops a wave's posts into a file (one per line, # comments): they join
+    the inline examples, the file is part of the policy's version and of what a watcher
+    watches, and the wave is recalled as with inline examples."""
+    from service.policy import load_policy
+    from service.policy.parse import policy_files
+
+    path = _policy_file(tmp_path, FILE_MEMORY, {"waves/scam.txt": f"# 12月刷单潮\n\n{WAVE}\n"})
+    lp = load_policy(path)
+    assert lp.policy.categories["scam_spam"].memory.examples == {"zh": ["一条写在策略里的例子", WAVE]}
+    assert tmp_path / "waves" / "scam.txt" in policy_files(path)
+    decisions, _ = _decide(moderator, lp, REWORDED, ORDINARY)
+    assert decisions[0].action == "review" and decisions[0].memory["scam_spam"].example == WAVE
+    assert decisions[1].action == "allow" and decisions[1].memory is None
+
+    (tmp_path / "waves" / "scam.txt").write_text(f"{WAVE}\n另一条刷单广告，加V详聊\n", encoding="utf-8")
+    assert load_policy(path).version != lp.version
+
+
+@pytest.mark.parametrize(
+    ("files", "content", "fragment"),
+    [
+        ("../scam.txt", None, "include paths stay beside the policy"),
+        ("waves/missing.txt", None, "cannot read 'waves/missing.txt'"),
+        ("waves/scam.txt", "# only a comment\n\n", "hold no example"),
+    ],
+)
+def test_a_bad_memory_file_is_refused_with_its_line(tmp_path, files, content, fragment):
+    from service.policy import load_policy
+
+    memory = f"    memory:\n      files:\n        zh: [{files}]\n"
+    extra = {"waves/scam.txt": content} if content is not None else {}
+    path = _policy_file(tmp_path, memory, extra)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    errors = info.value.errors
+    assert any(fragment in e and "categories.scam_spam.memory.files" in e for e in errors), errors
+    assert all(e.startswith(f"{path}:") for e in errors), errors
+
+
+def test_memory_files_need_a_policy_loaded_from_a_file():
+    with pytest.raises(PolicyError, match="includes need a policy loaded from a file"):
+        _policy("    memory:\n      files:\n        zh: [waves/scam.txt]\n")

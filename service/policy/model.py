@@ -45,14 +45,18 @@ class Memory(_Strict):
     # fraud script lift its recall 0.84 -> 0.91 and flag under 1 in 1,000 ordinary posts
     # besides; at 0.8 a wave of ten hate examples flags 14 of 1,815
     similarity: float = Field(default=0.85, ge=0.5, lt=1.0)
-    examples: Examples = Field(min_length=1)
+    examples: Examples = {}
+    # language -> files beside the policy (relative paths), one example per line, # comments;
+    # read at load time into `examples` (their content is part of the policy version)
+    files: dict[
+        Annotated[str, Field(pattern=EXAMPLE_KEY)], list[Annotated[str, Field(min_length=1)]]
+    ] = {}
 
-    @field_validator("examples")
-    @classmethod
-    def _some_text(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        if not any(value.values()):
-            raise ValueError("memory needs at least one example")
-        return value
+    @model_validator(mode="after")
+    def _some_text(self) -> Memory:
+        if not any(self.examples.values()) and not any(self.files.values()):
+            raise ValueError("memory needs at least one example (in examples or files)")
+        return self
 
 
 class Category(_Strict):

@@ -117,7 +117,7 @@ def parse_policy(
         policy = Policy.model_validate(doc)
     except ValidationError as exc:
         raise PolicyError(format_errors(exc, lines, source, Policy, _OWNERS)) from None
-    includes, terms, regexes, errors = _read_includes(policy, lines, source, resolve)
+    policy, includes, terms, regexes, errors = _read_includes(policy, lines, source, resolve)
     for path, message in unreachable_rules(policy):
         line, col = lines.get(path, (1, 1))
         errors.append(f"{source}:{line}:{col}: {'.'.join(map(str, path))}: {message}")
@@ -138,45 +138,61 @@ def parse_policy(
 
 
 def _read_includes(policy: Policy, lines: dict, source: str, resolve: Resolver | None):
-    """Read keyword and regex files; errors point into the policy or into the included file."""
+    """Read keyword, regex and memory files; errors point into the policy or into the
+    included file. Returns the policy with each memory's files read into its examples."""
     includes: dict[str, bytes] = {}
     terms: dict[str, list[str]] = {name: [] for name in policy.keywords}
     regexes: dict[str, list[str]] = {name: [] for name in policy.keywords}
     errors: list[str] = []
+
+    def items(path: tuple, rel: str) -> list[tuple[int, str]]:
+        """The file's non-blank, non-comment lines with their numbers ([] on an error)."""
+        line, col = lines.get(path, (1, 1))
+        where = f"{source}:{line}:{col}: {'.'.join(map(str, path))}"
+        if resolve is None:
+            errors.append(f"{where}: includes need a policy loaded from a file")
+            return []
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            errors.append(f"{where}: {rel!r}: include paths stay beside the policy")
+            return []
+        try:
+            content = resolve(rel)
+            text = content.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{where}: cannot read {rel!r}: {getattr(exc, 'strerror', None) or exc}")
+            return []
+        includes[rel] = content
+        stripped = ((n, raw.strip()) for n, raw in enumerate(text.splitlines(), 1))
+        return [(n, item) for n, item in stripped if item and not item.startswith("#")]
+
     for name, kl in policy.keywords.items():
-        for kind, files in (("files", kl.files), ("regex_files", kl.regex_files)):
-            for i, rel in enumerate(files):
-                line, col = lines.get(("keywords", name, kind, i), (1, 1))
-                where = f"{source}:{line}:{col}: keywords.{name}.{kind}.{i}"
-                if resolve is None:
-                    errors.append(f"{where}: includes need a policy loaded from a file")
-                    continue
-                if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                    errors.append(f"{where}: {rel!r}: include paths stay beside the policy")
-                    continue
+        for i, rel in enumerate(kl.files):
+            terms[name] += [item for _, item in items(("keywords", name, "files", i), rel)]
+        for i, rel in enumerate(kl.regex_files):
+            for n, item in items(("keywords", name, "regex_files", i), rel):
                 try:
-                    content = resolve(rel)
-                    text = content.decode("utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    errors.append(
-                        f"{where}: cannot read {rel!r}: {getattr(exc, 'strerror', None) or exc}"
-                    )
+                    re.compile(f"(?:{item})")
+                except re.error as exc:
+                    errors.append(f"{rel}:{n}:1: bad regex {item!r}: {exc}")
                     continue
-                includes[rel] = content
-                for n, raw_line in enumerate(text.splitlines(), 1):
-                    item = raw_line.strip()
-                    if not item or item.startswith("#"):
-                        continue
-                    if kind == "files":
-                        terms[name].append(item)
-                        continue
-                    try:
-                        re.compile(f"(?:{item})")
-                    except re.error as exc:
-                        errors.append(f"{rel}:{n}:1: bad regex {item!r}: {exc}")
-                        continue
-                    regexes[name].append(item)
-    return includes, terms, regexes, errors
+                regexes[name].append(item)
+    categories = dict(policy.categories)
+    for name, cat in policy.categories.items():
+        if cat.memory is None or not cat.memory.files:
+            continue
+        examples = {lang: list(texts) for lang, texts in cat.memory.examples.items()}
+        for lang, files in cat.memory.files.items():
+            for i, rel in enumerate(files):
+                path = ("categories", name, "memory", "files", lang, i)
+                examples.setdefault(lang, []).extend(item for _, item in items(path, rel))
+        if not any(examples.values()) and not errors:
+            line, col = lines.get(("categories", name, "memory", "files"), (1, 1))
+            errors.append(f"{source}:{line}:{col}: categories.{name}.memory.files: the files "
+                          "hold no example (one per line; # starts a comment)")  # fmt: skip
+        memory = cat.memory.model_copy(update={"examples": examples})
+        categories[name] = cat.model_copy(update={"memory": memory})
+    policy = policy.model_copy(update={"categories": categories})
+    return policy, includes, terms, regexes, errors
 
 
 _OWNERS = {
