@@ -38,7 +38,7 @@ def _embedding_cache(settings: Settings):
 
 @app.command("finetune")
 def model_finetune(
-    # the defaults are the shipped recipe (models/README.md: ~16 min on 2 quiet cores)
+    # the defaults are the shipped recipe (models/README.md: 16-50 min on 2 quiet cores)
     layers: int = typer.Option(12, help="top transformer layers to fine-tune; 12 = the whole encoder"),
     epochs: int = typer.Option(3, help="passes over the train split (or of --samples-per-epoch draws)"),
     cap: int = typer.Option(1000, help="at most this many rows per dataset and label set"),
@@ -56,7 +56,7 @@ def model_finetune(
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
 ) -> None:
     """Fine-tune the encoder (all 12 layers, or the top ones) on the train split; CPU, bf16
-    autocast where the CPU has bf16 units or AVX-512, else fp32; resumable (Ctrl-C saves; `--resume` continues). ~16 min on 2 quiet cores."""
+    autocast where the CPU has bf16 units or AVX-512, else fp32; resumable (Ctrl-C saves; `--resume` continues). 16-50 min on 2 quiet cores."""
     from service.classifier.datasets import load_examples
     from service.classifier.encoder import Encoder
     from service.classifier.finetune import (
