@@ -15,7 +15,8 @@ Both: the trained layers learn together with a throw-away head of the served sha
 the served recipe's masked, class-weighted BCE and sample weights (`train.py`), in bf16
 autocast where the CPU runs it fast (bf16 units, or AVX-512, on which oneDNN emulates bf16
 faster than it runs fp32) and in fp32 elsewhere (`precision`: an AVX2-only CPU emulates bf16
-about 20x slower than it runs fp32), seeds fixed, batches of similar length (length buckets) in random order,
+about 20x slower than it runs fp32), seeds fixed, batches of similar length (length buckets)
+in random order,
 one-cycle learning rate. With `samples_per_epoch` an epoch draws that many examples with
 probability proportional to their sample weight (category x language balance) instead of
 weighting the loss; that also bounds an epoch's time whatever the data size.

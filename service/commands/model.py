@@ -56,7 +56,8 @@ def model_finetune(
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
 ) -> None:
     """Fine-tune the encoder (all 12 layers, or the top ones) on the train split; CPU, bf16
-    autocast where the CPU has bf16 units or AVX-512, else fp32; resumable (Ctrl-C saves; `--resume` continues). 16-50 min on 2 quiet cores."""
+    autocast where the CPU has bf16 units or AVX-512, else fp32; resumable (Ctrl-C saves;
+    `--resume` continues). 16-50 min on 2 quiet cores."""
     from service.classifier.datasets import load_examples
     from service.classifier.encoder import Encoder
     from service.classifier.finetune import (
