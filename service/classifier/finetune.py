@@ -16,8 +16,7 @@ the served recipe's masked, class-weighted BCE and sample weights (`train.py`), 
 autocast where the CPU runs it fast (bf16 units, or AVX-512, on which oneDNN emulates bf16
 faster than it runs fp32) and in fp32 elsewhere (`precision`: an AVX2-only CPU emulates bf16
 about 20x slower than it runs fp32), seeds fixed, batches of similar length (length buckets)
-in random order,
-one-cycle learning rate. With `samples_per_epoch` an epoch draws that many examples with
+in random order, one-cycle learning rate. With `samples_per_epoch` an epoch draws that many examples with
 probability proportional to their sample weight (category x language balance) instead of
 weighting the loss; that also bounds an epoch's time whatever the data size.
 
