@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from service.classifier.evaluate import _held_out_probs, _test_split, held_out, policy_thresholds
+from service.classifier.evaluate import _test_split, held_out, policy_thresholds
 from service.classifier.heads import HEADS_DIR, TrainedHeads
 from service.classifier.loader import open_embedding_cache
 from service.config import get_settings
@@ -42,7 +42,7 @@ def main() -> None:
     result = {"baseline": str(args.baseline), "rows": len(every), "same_rows": len(same),
               "sources_not_in_baseline": new_sources}  # fmt: skip
     for name, rows in (("all_rows", every), ("same_rows", same)):
-        result[name] = held_out(cache, heads, rows, _held_out_probs(cache, heads, rows), t)
+        result[name] = held_out(cache, heads, rows, t=t)
     print(f"{len(same)} of {len(every)} test rows come from the baseline's sources; "
           f"new: {', '.join(new_sources) or 'none'}")  # fmt: skip
     print("| category | language | positives (same rows) | AUPRC same rows | F1 same rows | AUPRC all rows |")

@@ -46,8 +46,8 @@ def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); without it,
     torch emulates bf16 and it is slower than fp32. Reads /proc/cpuinfo where there is one
     (no torch import: a warm backtest never loads torch)."""
-    if Path("/proc/cpuinfo").exists():
-        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    if flags := cpu_flags():
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
     import torch
 
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

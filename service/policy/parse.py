@@ -181,11 +181,12 @@ def _read_includes(policy: Policy, lines: dict, source: str, resolve: Resolver |
         if cat.memory is None or not cat.memory.files:
             continue
         examples = {lang: list(texts) for lang, texts in cat.memory.examples.items()}
+        unread = len(errors)
         for lang, files in cat.memory.files.items():
             for i, rel in enumerate(files):
                 path = ("categories", name, "memory", "files", lang, i)
                 examples.setdefault(lang, []).extend(item for _, item in items(path, rel))
-        if not any(examples.values()) and not errors:
+        if not any(examples.values()) and len(errors) == unread:  # every file read, all empty
             line, col = lines.get(("categories", name, "memory", "files"), (1, 1))
             errors.append(f"{source}:{line}:{col}: categories.{name}.memory.files: the files "
                           "hold no example (one per line; # starts a comment)")  # fmt: skip
