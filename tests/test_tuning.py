@@ -12,6 +12,7 @@ import pytest
 from service.backtest.data import LabeledPost
 from service.backtest.scoring import ScoredPost, judge_posts
 from service.backtest.tuning import (
+    NEAR_TIE,
     best_threshold,
     caught_by,
     decision_table,
@@ -41,8 +42,29 @@ def test_best_threshold_is_the_best_on_the_grid():
     for other in np.arange(0.05, 0.951, 0.025):
         pred = scores >= other
         tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()
-        assert 2 * tp / (2 * tp + fp + fn) <= f1 + 1e-4
+        assert 2 * tp / (2 * tp + fp + fn) <= f1 + NEAR_TIE + 1e-4
+    pred = scores >= t
+    tp, fp, fn = (pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()
+    assert f1 == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-4)  # the F1 at t itself
     assert 0.3 < t < 0.7  # positives sit 0.35 higher: the cut is between the two groups
+
+
+def test_a_near_tie_keeps_the_policys_threshold():
+    # 100 positives at 0.6-0.99; 10 positives and 9 negatives at 0.25; 91 negatives at 0.1:
+    # lowering from 0.575 to 0.25 takes F1 from 200/210 to 220/229, a gain under one point,
+    # so the threshold stays; a real gain still moves it
+    truth = np.array([True] * 110 + [False] * 100)
+    scores = np.concatenate([np.linspace(0.6, 0.99, 100), np.full(19, 0.25), np.full(91, 0.1)])
+    on, off = np.ones(210, bool), np.zeros(210, bool)
+    t, f1 = best_threshold(scores, on, off, truth, prefer=0.575)
+    assert t == 0.575 and f1 == pytest.approx(200 / 210, abs=1e-3)
+    exact, _ = best_threshold(scores, on, off, truth, prefer=0.575, tolerance=0.0)
+    assert exact != 0.575  # without the tolerance the tiny gain would have moved it
+    # 40 positives at 0.3: a clear gain, which moves the threshold down
+    truth2 = np.array([True] * 140 + [False] * 100)
+    scores2 = np.concatenate([np.linspace(0.6, 0.99, 100), np.full(40, 0.3), np.full(100, 0.1)])
+    moved, _ = best_threshold(scores2, np.ones(240, bool), np.zeros(240, bool), truth2, prefer=0.575)
+    assert moved <= 0.3
 
 
 def test_best_threshold_reads_decisions_not_scores():

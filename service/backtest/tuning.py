@@ -39,6 +39,10 @@ DIGITS = 4
 # Chinese actions queue the post for a large Chinese review team, where recall is worth
 # more than the reviewers' time on a false alarm.
 MIN_PRECISION = {"en": 0.7}
+# F1 differences smaller than this do not move a threshold: with a few hundred positives per
+# cell, the F1 of one threshold varies by about 0.02 between samples, so a gain of under one
+# point is noise (English scam_spam once moved 0.575 -> 0.225 for such a gain)
+NEAR_TIE = 0.01
 
 
 def caught_by(a: Assessment, category: str) -> bool:
@@ -78,23 +82,27 @@ def best_threshold(
     grid: Sequence[float] = GRID,
     prefer: float = 0.5,
     min_precision: float = 0.0,
+    tolerance: float = NEAR_TIE,
 ) -> tuple[float, float]:
-    """(threshold, F1) with the highest F1 of the decisions; ties go to the threshold
-    closest to ``prefer`` (the policy's). A threshold below ``prefer`` qualifies only where
-    its decisions are at least ``min_precision`` precise: the floor stops lowering, never
-    forces raising. Pure: the decisions at threshold t are ``when_fired`` where
-    ``score >= t`` and ``when_not`` elsewhere."""
-    best_t, best_f1 = prefer, -1.0
+    """(threshold, F1 of its decisions): of the thresholds whose F1 is within ``tolerance``
+    of the best, the one closest to ``prefer`` (the policy's), so a flat F1 curve leaves the
+    threshold where it was. A threshold below ``prefer`` qualifies only where its decisions
+    are at least ``min_precision`` precise: the floor stops lowering, never forces raising.
+    Pure: the decisions at threshold t are ``when_fired`` where ``score >= t`` and
+    ``when_not`` elsewhere."""
+    candidates: list[tuple[float, float]] = []
     for t in grid:
         pred = np.where(scores >= t, when_fired, when_not)
         m = classification.prf(int((pred & truth).sum()), int((pred & ~truth).sum()),
                                int((~pred & truth).sum()), DIGITS)  # fmt: skip
-        f1 = m["f1"] or 0.0
         if t < prefer and (m["precision"] or 0.0) < min_precision:
             continue
-        if f1 > best_f1 or (f1 == best_f1 and abs(t - prefer) < abs(best_t - prefer)):
-            best_t, best_f1 = t, f1
-    return best_t, best_f1
+        candidates.append((t, m["f1"] or 0.0))
+    if not candidates:
+        return prefer, -1.0
+    top = max(f1 for _, f1 in candidates)
+    return min(((t, f1) for t, f1 in candidates if f1 >= top - tolerance),
+               key=lambda c: (abs(c[0] - prefer), -c[1]))  # fmt: skip
 
 
 def tune(
