@@ -169,3 +169,19 @@ def test_sources_each_read_and_label_with_reasons():
     assert sum(counts["dynahate"].values()) == 36537
     assert counts["zh_telecom_fraud"]["normal SMS"] == 7773
     assert np.isclose(sum(counts["zh_telecom_fraud"].values()), 11773)
+
+
+def test_trained_examples_follow_the_heads_manifest():
+    from service.classifier.datasets import summary, trained_examples
+
+    # heads trained on toxigen and the seeds, candidates included, at 30 rows per label set
+    trained = load_examples(cap_per_label=30, sources=("toxigen", "seeds"), candidates=True)
+    manifest = {"settings": {"cap_per_label": 30, "candidates": True}, "data": summary(trained)}
+    assert [e.text for e in trained_examples(manifest)] == [e.text for e in trained]
+    assert any(e.source.startswith("seeds/candidates/") for e in trained)
+    # heads from before the candidates (or before a seed file was written) never see them
+    manifest["settings"]["candidates"] = False
+    again = trained_examples(manifest)
+    assert again and not any(e.source.startswith("seeds/candidates/") for e in again)
+    manifest["data"].pop("seeds/benign.en")
+    assert "seeds/benign.en" not in {e.source for e in trained_examples(manifest)}

@@ -277,6 +277,9 @@ def test_training_leaves_the_candidates_out():
     trained = {_norm(e.text) for e in _seed_examples(LABELED)}
     assert not {_norm(t) for p in candidates for t, _ in _examples(p)} & trained
     assert {_norm(t) for p in FILES if not _is_candidate(p) for t, _ in _examples(p)} <= trained
+    # asked for (`--with-candidates`), they come too, named as candidates
+    asked = [e for e in _seed_examples(LABELED, candidates=True) if _norm(e.text) not in trained]
+    assert {e.source for e in asked} == {f"seeds/candidates/{p.stem}" for p in candidates}
 
 
 def test_readme_counts_match():

@@ -218,12 +218,13 @@ def set_thresholds(text: str, thresholds: Mapping[str, Mapping[str, float]]) -> 
 
 
 def split_posts(
-    split: str, cap: int | None = 1000
+    split: str, cap: int | None = 1000, candidates: bool = False
 ) -> tuple[list[LabeledPost], list[frozenset[str]]]:
     """The training data's ``split`` ("calibration" or "test") as labelled posts, with the
-    categories each post's source labels (a benign row: all of them)."""
+    categories each post's source labels (a benign row: all of them); the candidate seed
+    files too if ``candidates`` (for heads trained with them)."""
     posts, known = [], []
-    for ex in load_examples(cap_per_label=cap):
+    for ex in load_examples(cap_per_label=cap, candidates=candidates):
         if ex.split != split:
             continue
         hint = ex.language if ex.language in ("en", "zh") else None

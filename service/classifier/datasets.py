@@ -161,16 +161,19 @@ SOURCES: tuple[Source, ...] = (
 )  # fmt: skip
 
 
-# seed files written but not trained on yet: measured, and kept for a later model
-# (seeds/labeled/README.md, "Candidates")
+# seed files written but not trained on by default: read only when asked (`candidates=True`,
+# `--with-candidates`), to measure them before they join the others (seeds/labeled/README.md,
+# "Candidates"); their source is named "seeds/candidates/<file stem>"
 CANDIDATES = "candidates"
 
 
-def _seed_examples(root: Path) -> Iterator[Example]:
-    """Examples written for the project (seeds/labeled/**/*.yaml, except candidates/)."""
+def _seed_examples(root: Path, candidates: bool = False) -> Iterator[Example]:
+    """Examples written for the project (seeds/labeled/**/*.yaml; candidates/ only if asked)."""
     for f in sorted(root.glob("**/*.yaml")):
-        if CANDIDATES in f.relative_to(root).parts:
+        candidate = CANDIDATES in f.relative_to(root).parts
+        if candidate and not candidates:
             continue
+        name = f"seeds/{CANDIDATES}/{f.stem}" if candidate else f"seeds/{f.stem}"
         doc = yaml.safe_load(f.read_text("utf-8")) or {}
         category = doc.get("category", "benign")
         default = frozenset() if category == "benign" else frozenset({category})
@@ -181,7 +184,7 @@ def _seed_examples(root: Path) -> Iterator[Example]:
                 if isinstance(item, str) or "labels" not in item
                 else frozenset(item["labels"])
             )
-            yield Example(text.strip(), labels, doc.get("language", "en"), f"seeds/{f.stem}")
+            yield Example(text.strip(), labels, doc.get("language", "en"), name)
 
 
 EVAL_ONLY = frozenset(src.name for src in SOURCES if src.eval_only)
@@ -239,8 +242,10 @@ def load_examples(
     seeds: Path | None = SEEDS_LABELED,
     cap_per_label: int | None = 3000,
     sources: tuple[str, ...] | None = None,
+    candidates: bool = False,
 ) -> list[Example]:
-    """Training examples, deduplicated by text, at most `cap_per_label` per (source, label set).
+    """Training examples, deduplicated by text, at most `cap_per_label` per (source, label set);
+    the seed files under seeds/labeled/candidates/ too if `candidates`.
 
     Never returns an evaluation-only source, and refuses to be asked for one (`EvalOnlyData`).
     The cap only bounds the embedding pass (a CPU affords ~100k texts); balancing between
@@ -256,11 +261,22 @@ def load_examples(
             continue
         out += _grouped(src, root, seen, cap_per_label, by_tag=False)
     if seeds is not None and seeds.exists() and (not sources or "seeds" in sources):
-        for ex in _seed_examples(seeds):
+        for ex in _seed_examples(seeds, candidates):
             if ex.text and ex.text not in seen:
                 seen.add(ex.text)
                 out.append(ex)
     return out
+
+
+def trained_examples(manifest: dict) -> list[Example]:
+    """The examples a heads manifest says its heads were trained on: its row budget, its
+    sources and seed files (a source added later is left out), candidates if it read them."""
+    settings = manifest.get("settings", {})
+    known = set(manifest.get("data", {}))  # sources and seed files, e.g. "seeds/benign.en"
+    names = tuple(sorted({k.split("/")[0] for k in known})) or None
+    examples = load_examples(cap_per_label=settings.get("cap_per_label") or None, sources=names,
+                             candidates=bool(settings.get("candidates")))  # fmt: skip
+    return [e for e in examples if not known or e.source in known]
 
 
 def load_eval_only(

@@ -29,7 +29,13 @@ import numpy as np
 
 from service.classification import f1, mask_counts, prf
 from service.classifier.card import write_tables
-from service.classifier.datasets import CATEGORIES, SOURCES, load_eval_only, load_examples
+from service.classifier.datasets import (
+    CATEGORIES,
+    SOURCES,
+    load_eval_only,
+    load_examples,
+    trained_examples,
+)
 from service.classifier.heads import HEADS_DIR, TrainedHeads
 from service.classifier.lexicon import LEXICON_MIN_SCORE
 from service.classifier.train import (
@@ -136,13 +142,9 @@ def xstest(cache, heads: TrainedHeads, t: Thresholds, root: Path = SHARED_EVAL) 
 
 
 def _test_split(heads: TrainedHeads) -> list:
-    """The heads' own test split: the sources and row budget they were trained with (heads
-    trained before a source was added are judged on the data they knew)."""
-    cap = heads.manifest["settings"]["cap_per_label"] or None
-    known = set(heads.manifest.get("data", {}))  # sources and seed files, e.g. "seeds/benign.en"
-    names = tuple(sorted({k.split("/")[0] for k in known})) or None
-    examples = load_examples(cap_per_label=cap, sources=names)
-    return [e for e in examples if e.split == "test" and (not known or e.source in known)]
+    """The heads' own test split: the sources, row budget and seed files they were trained
+    with (heads trained before a source was added are judged on the data they knew)."""
+    return [e for e in trained_examples(heads.manifest) if e.split == "test"]
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float | None:

@@ -474,6 +474,7 @@ def finetune(
         "layers": list(range(cut, n_layers)),
         "settings": asdict(s),
         "train_examples": len(train),
+        "sources": sorted({e.source for e in train}),  # data sources and seed files
         "input_view": enc.view is not None,  # read the texts' model view, as served by default
         "steps": run.total,
         "epoch_losses": run.losses,

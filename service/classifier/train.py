@@ -67,6 +67,7 @@ class TrainSettings:
     cap_per_label: int = 1000
     balance_power: float = 0.0  # 0: every row weighs 1; 1: every category x language cell the same
     max_weight: float = 10.0  # no example weighs more than this (mean weight is 1)
+    candidates: bool = False  # also the seed files under seeds/labeled/candidates/ (to measure them)
 
 
 def targets(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +363,8 @@ def train(
     s = settings or TrainSettings()
     started = time.perf_counter()
     examples = (examples if examples is not None
-                else load_examples(cap_per_label=s.cap_per_label or None))  # fmt: skip
+                else load_examples(cap_per_label=s.cap_per_label or None,
+                                   candidates=s.candidates))  # fmt: skip
     check_trainable(examples)
     log(f"{len(examples)} examples from {len({e.source for e in examples})} sources")
     x = cache.embed([e.text for e in examples], prefix="query: ").astype(np.float32)

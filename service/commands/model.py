@@ -54,6 +54,9 @@ def model_finetune(
     checkpoint_dir: Path = typer.Option(None, help="checkpoints (default: <data dir>/finetune)"),
     checkpoint_every: float = typer.Option(300, help="seconds between checkpoints"),
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
+    with_candidates: bool = typer.Option(
+        False, help="also train on seeds/labeled/candidates/ (to measure them before they join)"
+    ),
 ) -> None:
     """Fine-tune the encoder (all 12 layers, or the top ones) on the train split; CPU, bf16
     autocast where the CPU has bf16 units or AVX-512, else fp32; resumable (Ctrl-C saves;
@@ -78,9 +81,9 @@ def model_finetune(
                            samples_per_epoch=samples_per_epoch, checkpointing=checkpointing,
                            precision=precision)  # fmt: skip
     try:
-        manifest = finetune(base, load_examples(cap_per_label=cap or None),
-                            out or settings.tuned_dir or TUNED_DIR, run, log=typer.echo,
-                            checkpoint_dir=checkpoint_dir or settings.data_dir / "finetune",
+        examples = load_examples(cap_per_label=cap or None, candidates=with_candidates)
+        manifest = finetune(base, examples, out or settings.tuned_dir or TUNED_DIR, run,
+                            log=typer.echo, checkpoint_dir=checkpoint_dir or settings.data_dir / "finetune",
                             checkpoint_every_s=checkpoint_every, resume=resume)  # fmt: skip
     except FinetuneInterrupted as exc:
         typer.echo(f"{exc}: run again with --resume to continue", err=True)
@@ -107,13 +110,17 @@ def model_train(
     balance_power: float = typer.Option(
         0.0, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
     ),
+    with_candidates: bool = typer.Option(
+        False, help="also train on seeds/labeled/candidates/ (recorded: eval then tests on them too)"
+    ),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""
     from service.classifier.train import HEADS_DIR, TrainSettings, train
 
     settings = get_settings()
     manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
-                     TrainSettings(cap_per_label=cap, balance_power=balance_power), log=typer.echo,
+                     TrainSettings(cap_per_label=cap, balance_power=balance_power,
+                                   candidates=with_candidates), log=typer.echo,
                      ablate=ablation, ablate_sources=tuple(without))  # fmt: skip
     typer.echo(
         json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
@@ -157,6 +164,9 @@ def model_eval(
     variants: bool = typer.Option(
         True, help="also score the test split in other precisions and truncations (slow)"
     ),
+    policy: Path = typer.Option(
+        None, help="the policy whose thresholds the model is judged at (default: the served one)"
+    ),
 ) -> None:
     """Held-out metrics, HateCheck, MHC (Mandarin), XSTest and the evaluation-only datasets
     (accuracy and F1 per label); tables into the model card."""
@@ -167,5 +177,5 @@ def model_eval(
     settings = get_settings()
     result = evaluate(_embedding_cache(settings), heads or settings.heads_dir or HEADS_DIR,
                       write_card=card, log=typer.echo, transfer_cap=transfer_cap,
-                      variants=variants)  # fmt: skip
+                      variants=variants, policy_path=policy or settings.policy_path)  # fmt: skip
     typer.echo(tables(result))

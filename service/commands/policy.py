@@ -178,6 +178,9 @@ def policy_tune(
     ),
     write: bool = typer.Option(False, help="write the thresholds into POLICY (else only print)"),
     as_json: Path = typer.Option(None, "--json", help="also write the rows here"),
+    with_candidates: bool = typer.Option(
+        False, help="the candidate seed files too (for heads trained `--with-candidates`)"
+    ),
 ) -> None:
     """Per category x language thresholds from the policy's own decisions on labelled data:
     the best F1 of 'caught by a rule on the category' (end to end, through pipeline.judge)."""
@@ -192,7 +195,7 @@ def policy_tune(
     except ValueError:
         exit_with([f"error: --min-precision wants LANG=VALUE[,LANG=VALUE], not {min_precision!r}"], 2)
     lp = as_policy(policy)
-    posts, known = split_posts(split, cap or None)
+    posts, known = split_posts(split, cap or None, with_candidates)
     scored = score_posts(posts, lp, open_cache(None, None))
     result = tune(scored, lp, known, min_positives=min_positives, min_precision=floors)
     for r in result["rows"]:
