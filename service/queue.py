@@ -184,6 +184,19 @@ class AsyncProducer:
         self.max_backlog = max_backlog
         self._enqueue = client.register_script(ENQUEUE_LUA)
 
+    async def known(self, post_ids: Sequence[str | None]) -> list[bool]:
+        """Per id, whether a post with it was accepted (and is still retained); None: no."""
+        ids = [(i, pid) for i, pid in enumerate(post_ids) if pid]
+        out = [False] * len(post_ids)
+        if ids:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for _, pid in ids:
+                    pipe.exists(self.keys.accepted(pid))
+                found = await pipe.execute()
+            for (i, _), n in zip(ids, found, strict=True):
+                out[i] = bool(n)
+        return out
+
     async def enqueue_many(
         self, posts: Sequence[tuple[str, dict]], priority: bool = False
     ) -> list[str]:

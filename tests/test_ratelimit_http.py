@@ -141,3 +141,33 @@ def test_an_author_over_its_limit_is_refused_alone(redis_url, model_dir):
             assert_limited(r, "author.id", per_min / 60)
             assert rate_limited_total(api).get("author") == 4  # alice 1 + 2 in the batch, bob 1
             assert "bob-2" not in stream_posts(api)
+
+
+def test_retrying_a_delivered_post_is_a_duplicate_not_a_429(redis_url, model_dir):
+    # a client that timed out resends what the API had already accepted: the answer is
+    # `duplicate` even when its author is out of tokens, and the retries cost no token
+    per_min = 0.6  # one token per 100 s
+    with running_api(redis_url, model_dir, rate_author_per_min=per_min,
+                     rate_author_burst=2) as api:  # fmt: skip
+        api.tokens["submit"] = api.store.create("submitter", ["submit"]).token
+        with serving(api):
+
+            def post(pid: str) -> httpx.Response:
+                return api.call("POST", "/v1/posts", "submit", json={
+                    "text": f"{EN} {pid}", "post_id": pid, "author": {"id": "dan"}})  # fmt: skip
+
+            assert post("dan-0").status_code == 202
+            for _ in range(3):  # retries of a delivered post: no token taken
+                r = post("dan-0")
+                assert r.status_code == 202 and r.json()["status"] == "duplicate", r.text
+            assert post("dan-1").status_code == 202  # the second token was still there
+            assert_limited(post("dan-2"), "author.id", per_min / 60)  # now dan is out
+            r = post("dan-1")  # out of tokens, and retrying: still a duplicate
+            assert r.status_code == 202 and r.json()["status"] == "duplicate", r.text
+            batch = [{"text": EN, "post_id": pid, "author": {"id": "dan"}}
+                     for pid in ("dan-0", "dan-3", "dan-1")]  # fmt: skip
+            r = api.call("POST", "/v1/posts/batch", "submit", json={"posts": batch})
+            assert [x["status"] for x in r.json()["results"]] == ["duplicate", "rejected", "duplicate"]
+            assert r.json()["results"][1]["errors"][0]["type"] == "rate_limited"
+            assert sorted(stream_posts(api)) == ["dan-0", "dan-1"]  # each once, nothing refused
+            assert rate_limited_total(api).get("author") == 2  # dan-2 and dan-3 only

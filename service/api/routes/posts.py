@@ -45,13 +45,21 @@ async def retry_after(st: AppState) -> int:
     return int(min(60, max(1, 0.05 * st.settings.max_backlog / max(rate, 1.0))))
 
 
+async def charged_authors(st: AppState, posts: list[PostIn]) -> list[str | None]:
+    """Per post, the author whose rate limit it uses: none for a post whose id was accepted
+    before (a client retrying a post it already delivered gets `duplicate`, not a 429, and
+    the retry costs its author nothing)."""
+    known = await st.producer.known([p.post_id for p in posts])
+    return [None if seen or not p.author else p.author.id for p, seen in zip(posts, known, strict=True)]
+
+
 @router.post("/v1/posts", status_code=202, response_model=Accepted)
 async def submit(
     post: PostIn, st: AppState = Depends(get_state), _: Principal = SUBMIT
 ) -> Any:
     """Queue a post. The 202 is sent once the post is durably in Redis; 429 with
     Retry-After when the backlog is at its bound or the author posts too fast."""
-    [limit] = await author_checks(st, [post.author.id if post.author else None])
+    [limit] = await author_checks(st, await charged_authors(st, [post]))
     if limit is not None and not limit.allowed:
         raise rate_limited(limit, "author.id")
     post_id = post.post_id or new_id()
@@ -82,7 +90,7 @@ async def submit_batch(
             results.append(BatchItemResult(index=i, status="rejected", errors=errors))
             continue
         valid.append((i, post.post_id or new_id(), post))
-    limits = await author_checks(st, [p.author.id if p.author else None for _, _, p in valid])
+    limits = await author_checks(st, await charged_authors(st, [p for _, _, p in valid]))
     good: list[tuple[int, str, dict]] = []
     for (i, post_id, post), limit in zip(valid, limits, strict=True):
         if limit is not None and not limit.allowed:  # this author posts too fast: this post only
