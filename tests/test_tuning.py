@@ -108,6 +108,23 @@ def test_tune_keeps_thin_cells_and_ignores_unknown_labels():
     assert thin["thresholds"] == {} and "kept" in thin["rows"][0]["reason"]
 
 
+def test_a_thin_cell_needs_a_gain_worth_more_than_one_post():
+    # Chinese violence at 0.325: 20 positives at 0.8 and one at 0.45, 2 negatives at 0.5.
+    # Raising over 0.5 drops the 2 false flags and 1 positive: F1 42/44 -> 40/41, +0.021, less
+    # than one positive's worth on 21 (1/21), so it stays; on 10x the posts it moves
+    lp = with_threshold(load_policy(DEFAULT), "violence", "zh", 0.325)
+
+    def cell(k: int) -> list[ScoredPost]:
+        posts = [_post(f"砍人{k}-{i}", "zh", ("violence",), violence=0.8) for i in range(20 * k)]
+        posts += [_post(f"打架{k}-{i}", "zh", ("violence",), violence=0.45) for i in range(k)]
+        return posts + [_post(f"做饭{k}-{i}", "zh", (), violence=0.5) for i in range(2 * k)]
+
+    [thin] = tune(cell(1), lp, languages=("zh",), categories=("violence",))["rows"]
+    assert thin["tuned"] == 0.325 and thin["positives"] == 21
+    [wide] = tune(cell(10), lp, languages=("zh",), categories=("violence",))["rows"]
+    assert wide["tuned"] == 0.525 and wide["after"]["f1"] > wide["before"]["f1"]
+
+
 def test_decision_table_counts_flags_and_categories():
     lp = load_policy(DEFAULT)
     posts = [

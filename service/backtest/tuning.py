@@ -39,9 +39,10 @@ DIGITS = 4
 # Chinese actions queue the post for a large Chinese review team, where recall is worth
 # more than the reviewers' time on a false alarm.
 MIN_PRECISION = {"en": 0.7}
-# F1 differences smaller than this do not move a threshold: with a few hundred positives per
-# cell, the F1 of one threshold varies by about 0.02 between samples, so a gain of under one
-# point is noise (English scam_spam once moved 0.575 -> 0.225 for such a gain)
+# F1 gains smaller than this, or than 1 / positives (about what one positive post changing
+# side moves F1 by), do not move a threshold: they are noise (English scam_spam once moved
+# 0.575 -> 0.225 for a gain under one point, Chinese violence 0.325 -> 0.725 on 21
+# positives for one of 0.046)
 NEAR_TIE = 0.01
 
 
@@ -117,8 +118,9 @@ def tune(
     grid: Sequence[float] = GRID,
 ) -> dict[str, Any]:
     """Per category x language: the decisions' precision, recall and F1 at the policy's
-    threshold and at the best one (see ``best_threshold``); ``thresholds`` holds the new
-    values (cells with fewer than ``min_positives`` positives keep theirs)."""
+    threshold and at the best one (see ``best_threshold``; a gain under ``NEAR_TIE`` or
+    1 / positives keeps the policy's); ``thresholds`` holds the new values (cells with
+    fewer than ``min_positives`` positives keep theirs)."""
     cats = list(categories or lp.policy.categories)
     rows, thresholds = [], {}
     for cat in cats:
@@ -144,7 +146,8 @@ def tune(
                 row["tuned"], row["reason"] = current, f"< {min_positives} positives: kept"
             else:
                 floor = min_precision.get(lang, 0.0)
-                t, _ = best_threshold(s, on, off, truth, grid, current, floor)
+                tie = max(NEAR_TIE, 1 / row["positives"])
+                t, _ = best_threshold(s, on, off, truth, grid, current, floor, tie)
                 row["tuned"], row["reason"] = t, "best F1 of the decisions"
                 thresholds.setdefault(cat, {})[lang] = t
             row["after"] = _prf(np.where(s >= row["tuned"], on, off), truth)
