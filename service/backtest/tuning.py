@@ -25,7 +25,7 @@ import numpy as np
 from service import classification
 from service.backtest.data import LabeledPost
 from service.backtest.scoring import ScoredPost, judge_posts
-from service.classifier.datasets import CATEGORIES, load_examples
+from service.classifier.datasets import CATEGORIES, load_examples, trained_examples
 from service.pipeline import Assessment
 from service.policy import SEVERITY, LoadedPolicy
 
@@ -221,13 +221,14 @@ def set_thresholds(text: str, thresholds: Mapping[str, Mapping[str, float]]) -> 
 
 
 def split_posts(
-    split: str, cap: int | None = 1000, candidates: bool = False
+    split: str, manifest: dict | None = None
 ) -> tuple[list[LabeledPost], list[frozenset[str]]]:
     """The training data's ``split`` ("calibration" or "test") as labelled posts, with the
-    categories each post's source labels (a benign row: all of them); the candidate seed
-    files too if ``candidates`` (for heads trained with them)."""
+    categories each post's source labels (a benign row: all of them): the data the heads of
+    ``manifest`` were trained on (``datasets.trained_examples``), else the default budget."""
     posts, known = [], []
-    for ex in load_examples(cap_per_label=cap, candidates=candidates):
+    examples = trained_examples(manifest) if manifest else load_examples(cap_per_label=1000)
+    for ex in examples:
         if ex.split != split:
             continue
         hint = ex.language if ex.language in ("en", "zh") else None

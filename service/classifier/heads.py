@@ -56,6 +56,16 @@ def apply_calibration(
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def served_heads_manifest() -> dict | None:
+    """The manifest of the heads the service is configured with (None: none trained)."""
+    from service.config import get_settings
+
+    directory = get_settings().heads_dir
+    if directory is None or not TrainedHeads.available(directory):
+        return None
+    return json.loads((Path(directory) / "heads.json").read_text("utf-8"))
+
+
 class TrainedHeads:
     def __init__(self, directory: Path = HEADS_DIR, encoder_version: str | None = None) -> None:
         import torch

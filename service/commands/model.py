@@ -55,7 +55,7 @@ def model_finetune(
     checkpoint_every: float = typer.Option(300, help="seconds between checkpoints"),
     out: Path = typer.Option(None, help="where to write the layers (default: models/encoder)"),
     with_candidates: bool = typer.Option(
-        False, help="also train on seeds/labeled/candidates/ (to measure them before they join)"
+        False, help="also seeds/labeled/candidates/ (not in the shipped encoder: measured worse)"
     ),
 ) -> None:
     """Fine-tune the encoder (all 12 layers, or the top ones) on the train split; CPU, bf16
@@ -111,7 +111,9 @@ def model_train(
         0.0, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
     ),
     with_candidates: bool = typer.Option(
-        False, help="also train on seeds/labeled/candidates/ (recorded: eval then tests on them too)"
+        True, "--with-candidates/--without-candidates",
+        help="also seeds/labeled/candidates/, as the shipped heads (recorded: eval and policy "
+        "tune then read the same data)",
     ),
 ) -> None:
     """Train the category heads on ../shared/data/train + seeds/labeled (embeddings cached)."""

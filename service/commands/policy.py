@@ -171,21 +171,19 @@ def policy_tune(
     split: str = typer.Option(
         "calibration", help="the training data's split to tune on: calibration (or test, to measure)"
     ),
-    cap: int = typer.Option(1000, help="rows read per dataset and label set, as `model train`"),
     min_positives: int = typer.Option(20, help="cells with fewer positives keep their threshold"),
     min_precision: str = typer.Option(
         "en=0.7", help="per language, lower a threshold only while its decisions stay this precise"
     ),
     write: bool = typer.Option(False, help="write the thresholds into POLICY (else only print)"),
     as_json: Path = typer.Option(None, "--json", help="also write the rows here"),
-    with_candidates: bool = typer.Option(
-        False, help="the candidate seed files too (for heads trained `--with-candidates`)"
-    ),
 ) -> None:
-    """Per category x language thresholds from the policy's own decisions on labelled data:
-    the best F1 of 'caught by a rule on the category' (end to end, through pipeline.judge)."""
+    """Per category x language thresholds from the policy's own decisions on labelled data
+    (the split of the data the served heads were trained on): the best F1 of 'caught by a
+    rule on the category' (end to end, through pipeline.judge)."""
     from service.backtest.scoring import as_policy, open_cache, score_posts
     from service.backtest.tuning import decision_table, set_thresholds, split_posts, tune
+    from service.classifier.heads import served_heads_manifest
     from service.policy import PolicyError, load_policy
 
     if split not in ("calibration", "test"):
@@ -195,7 +193,7 @@ def policy_tune(
     except ValueError:
         exit_with([f"error: --min-precision wants LANG=VALUE[,LANG=VALUE], not {min_precision!r}"], 2)
     lp = as_policy(policy)
-    posts, known = split_posts(split, cap or None, with_candidates)
+    posts, known = split_posts(split, served_heads_manifest())
     scored = score_posts(posts, lp, open_cache(None, None))
     result = tune(scored, lp, known, min_positives=min_positives, min_precision=floors)
     for r in result["rows"]:
