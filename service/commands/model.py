@@ -110,6 +110,7 @@ def model_train(
     balance_power: float = typer.Option(
         0.0, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
     ),
+    seed_weight: float = typer.Option(3.0, help="weight of a hand-written seed against a public row"),
     with_candidates: bool = typer.Option(
         True, "--with-candidates/--without-candidates",
         help="also seeds/labeled/candidates/, as the shipped heads (recorded: eval and policy "
@@ -122,7 +123,8 @@ def model_train(
     settings = get_settings()
     manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
                      TrainSettings(cap_per_label=cap, balance_power=balance_power,
-                                   candidates=with_candidates), log=typer.echo,
+                                   seed_weight=seed_weight, candidates=with_candidates),
+                     log=typer.echo,
                      ablate=ablation, ablate_sources=tuple(without))  # fmt: skip
     typer.echo(
         json.dumps({"version": manifest["version"], "thresholds": manifest["thresholds"]}, indent=2)
