@@ -56,6 +56,10 @@ def apply_calibration(
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def read_manifest(directory: Path) -> dict:
+    return json.loads((Path(directory) / "heads.json").read_text("utf-8"))
+
+
 def served_heads_manifest() -> dict | None:
     """The manifest of the heads the service is configured with (None: none trained)."""
     from service.config import get_settings
@@ -63,7 +67,7 @@ def served_heads_manifest() -> dict | None:
     directory = get_settings().heads_dir
     if directory is None or not TrainedHeads.available(directory):
         return None
-    return json.loads((Path(directory) / "heads.json").read_text("utf-8"))
+    return read_manifest(directory)
 
 
 class TrainedHeads:
@@ -71,7 +75,7 @@ class TrainedHeads:
         import torch
         from safetensors.torch import load_file
 
-        manifest = json.loads((Path(directory) / "heads.json").read_text("utf-8"))
+        manifest = read_manifest(directory)
         if encoder_version:
             base, precision = split_version(encoder_version)
             if manifest["encoder_version"] != base:

@@ -110,7 +110,9 @@ def model_train(
     balance_power: float = typer.Option(
         0.0, help="sample weights: 0 = every row the same, 1 = every category x language cell the same"
     ),
-    seed_weight: float = typer.Option(3.0, help="weight of a hand-written seed against a public row"),
+    seed_weight: float = typer.Option(
+        None, help="weight of a hand-written seed against a public row (default: TrainSettings', 3)"
+    ),
     with_candidates: bool = typer.Option(
         True, "--with-candidates/--without-candidates",
         help="also seeds/labeled/candidates/, as the shipped heads (recorded: eval and policy "
@@ -123,7 +125,8 @@ def model_train(
     settings = get_settings()
     manifest = train(_embedding_cache(settings), out or settings.heads_dir or HEADS_DIR,
                      TrainSettings(cap_per_label=cap, balance_power=balance_power,
-                                   seed_weight=seed_weight, candidates=with_candidates),
+                                   candidates=with_candidates,
+                                   **({} if seed_weight is None else {"seed_weight": seed_weight})),
                      log=typer.echo,
                      ablate=ablation, ablate_sources=tuple(without))  # fmt: skip
     typer.echo(

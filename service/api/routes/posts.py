@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.api.errors import BACKLOG_FULL, error_response, not_found, validation_errors
 from service.api.openapi import error_response as documented
-from service.api.security import author_checks, caller, rate_limited
+from service.api.security import author_checks, author_limit, caller, rate_limited
 from service.api.state import AppState, get_state
 from service.api.sync import decide_or_answer
 from service.auth import Principal
@@ -49,8 +49,11 @@ async def charged_authors(st: AppState, posts: list[PostIn]) -> list[str | None]
     """Per post, the author whose rate limit it uses: none for a post whose id was accepted
     before (a client retrying a post it already delivered gets `duplicate`, not a 429, and
     the retry costs its author nothing)."""
-    known = await st.producer.known([p.post_id for p in posts])
-    return [None if seen or not p.author else p.author.id for p, seen in zip(posts, known, strict=True)]
+    authors = [p.author.id if p.author else None for p in posts]
+    if author_limit(st) is None:
+        return authors  # no author limits: nothing to charge, nothing to look up
+    known = await st.producer.known([p.post_id if a else None for p, a in zip(posts, authors, strict=True)])
+    return [None if seen else a for a, seen in zip(authors, known, strict=True)]
 
 
 @router.post("/v1/posts", status_code=202, response_model=Accepted)
