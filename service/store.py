@@ -33,8 +33,8 @@ COMMIT_LUA = """
 --   admission limit, fallback decision_json, fallback stat_field
 -- A review decision enters its queue here, with the decision, or -- when the queue already
 -- holds its admission limit (expected wait over its SLA) -- the fallback decision is stored
--- instead and nothing is queued. Both happen only for a new decision: a redelivered post
--- finds its decision and changes nothing.
+-- instead and the post waits in the queue's backlog until a claim makes room. Both happen
+-- only for a new decision: a redelivered post finds its decision and changes nothing.
 local written = 0
 local flags = {}
 local n = #KEYS - 5
@@ -54,6 +54,8 @@ for i = 1, n do
         if redis.call('ZCARD', qkey) >= tonumber(ARGV[base + 8]) then
           state, doc, stat = 'overflowed', ARGV[base + 9], ARGV[base + 10]
           redis.call('HINCRBY', prefix .. ':review:counts', queue .. '|overflowed', 1)
+          -- limited meanwhile, it waits in the queue's backlog for room (review.store CLAIM_LUA)
+          redis.call('ZADD', prefix .. ':review:backlog:' .. queue, ARGV[base + 7], post_id)
         else
           state = 'queued'
           redis.call('ZADD', qkey, ARGV[base + 7], post_id)

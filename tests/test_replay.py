@@ -367,11 +367,15 @@ def test_replay_drives_the_review_queues_and_english_overflows(redis_url, model_
     assert en["overflowed"] > 0 and en["fallback_actions"].get("limit_reach", 0) > 0
     assert en["overflow_periods"] and en["overflow_at_s"] is not None
     assert sum(p["limited"] for p in en["overflow_periods"]) <= en["overflowed"]
-    # the reviewers worked: resolved no more than was queued, the rest still queued
-    assert 0 < en["resolved"] <= en["queued"]
+    # the reviewers worked: resolved no more than asked for review (queued, or overflowed
+    # and admitted from the backlog when a claim made room), the rest still waiting
+    asked = en["queued"] + en["overflowed"]
+    assert 0 < en["resolved"] <= asked
     assert en["unaccounted"] == 0
-    assert en["resolved"] + sum(en["unresolved"].values()) == en["queued"]
-    assert set(en["unresolved"]) <= {"queued", "in_review"}
+    assert en["resolved"] + sum(en["unresolved"].values()) == asked
+    assert set(en["unresolved"]) <= {"queued", "in_review", "overflowed"}
+    assert 0 < en["admitted"] <= en["overflowed"]
+    assert en["unresolved"].get("overflowed", 0) == en["overflowed"] - en["admitted"]
     t = en["time_to_human_decision"]
     assert t["count"] == en["resolved"] and 0 < t["p50_s"] <= t["p99_s"]
     w = en["review_wait"]
@@ -381,8 +385,9 @@ def test_replay_drives_the_review_queues_and_english_overflows(redis_url, model_
     # the service's own counters agree with the decisions the replay read
     counts = report["review_service"]["report"]["queues"]
     en_queues = {q: c for q, c in counts.items() if q.startswith("en/")}
-    assert sum(c["enqueued"] for c in en_queues.values()) == en["queued"]
+    assert sum(c["enqueued"] for c in en_queues.values()) == en["queued"] + en["admitted"]
     assert sum(c["overflowed"] for c in en_queues.values()) == en["overflowed"]
+    assert sum(c["admitted"] for c in en_queues.values()) == en["admitted"]
     assert sum(c["resolved"] for c in en_queues.values()) == en["resolved"]
     assert len(verdicts) == en["resolved"] + zh["resolved"] + report["review"]["other"]["resolved"]
     assert verdicts and all((v["action"] == "allow") == (not v["truth_categories"]) for v in verdicts)

@@ -279,15 +279,18 @@ def test_review_figures_in_metrics(review_service):
     assert alice.post("/v1/review/claim", json={"queue": "en/general"}).json()["items"]
     m = samples(httpx.get(f"{svc.api.url}/metrics", timeout=30).text)
     q = (("language", "en"), ("queue", "en/general"), ("reason", "general"))
-    assert m[("floodgate_review_waiting", q)] == 0
+    # the first claim made room: the overflowed third post entered the queue from its backlog
+    assert m[("floodgate_review_waiting", q)] == 1
     assert m[("floodgate_review_in_review", q)] == 1
     assert m[("floodgate_review_oldest_age_seconds", q)] >= 0
-    assert m[("floodgate_review_expected_wait_seconds", q)] == 0
+    assert m[("floodgate_review_expected_wait_seconds", q)] == 1800
     assert m[("floodgate_review_sla_seconds", q)] == 3600
     assert m[("floodgate_review_capacity_per_hour", q)] == 2
     assert m[("floodgate_review_over_sla", q)] == 0
-    assert m[("floodgate_review_enqueued_total", q)] == 2
+    assert m[("floodgate_review_backlog", q)] == 0
+    assert m[("floodgate_review_enqueued_total", q)] == 3
     assert m[("floodgate_review_overflowed_total", q)] == 1
+    assert m[("floodgate_review_admitted_total", q)] == 1
     verdict = (("action", "remove"), ("kind", "review"), ("language", "en"))
     assert m[("floodgate_review_verdicts_total", verdict)] == 1
     report = svc.http("ops").get("/v1/review/report").json()
@@ -297,7 +300,8 @@ def test_review_figures_in_metrics(review_service):
 def test_a_queue_nobody_reads_waits_forever_in_metrics():
     view = {"queue": "fr/general", "language": "fr", "reason": "general", "waiting": 3,
             "in_review": 0, "oldest_age_s": None, "expected_wait_s": None, "sla_s": 3600.0,
-            "capacity_per_hour": 0.0, "over_sla": True, "enqueued": 3, "overflowed": 0}  # fmt: skip
+            "capacity_per_hour": 0.0, "over_sla": True, "backlog": 0, "enqueued": 3, "overflowed": 0,
+            "admitted": 0}  # fmt: skip
     registry = CollectorRegistry()
     registry.register(ReviewFamilies([view], []))
     m = samples(generate_latest(registry).decode())

@@ -137,6 +137,7 @@ def test_queue_fallback_claim_resolve_appeal_and_feedback(review_service):
 
     q = svc.queue("alice", "en/general")
     assert (q["waiting"], q["in_review"], q["overflowed"], q["enqueued"]) == (2, 0, 1, 2)
+    assert (q["backlog"], q["admitted"]) == (1, 0)  # the third waits, limited, for room
     assert q["capacity_per_hour"] == 2.0 and q["sla_s"] == 3600.0
     assert q["expected_wait_s"] == 3600.0 and q["over_sla"] is False
     assert q["oldest_age_s"] is not None and q["oldest_age_s"] >= 0
@@ -148,7 +149,10 @@ def test_queue_fallback_claim_resolve_appeal_and_feedback(review_service):
     [item] = r.json()["items"]
     assert item["post_id"] == "en-1" and item["text"] == EN and item["rules"]
     assert item["holder"] == "alice"
-    assert svc.queue("alice", "en/general")["in_review"] == 1
+    # the claim made room: the overflowed post entered the queue from the backlog
+    q = svc.queue("alice", "en/general")
+    assert (q["waiting"], q["in_review"], q["backlog"], q["admitted"], q["enqueued"]) == (2, 1, 0, 1, 3)
+    assert svc.decision("en-3")["review"]["state"] == "queued"
 
     # bob cannot resolve what alice holds
     r = svc.http("bob").post("/v1/review/items/en-1/resolve", json={"action": "allow", "reason": "x"})
@@ -179,7 +183,7 @@ def test_queue_fallback_claim_resolve_appeal_and_feedback(review_service):
     bob = svc.http("bob")
     r = bob.post("/v1/review/claim", json={"count": 5})  # every queue bob may see
     ids = [i["post_id"] for i in r.json()["items"]]
-    assert set(ids) == {"en-1", "en-2"}, ids
+    assert set(ids) == {"en-1", "en-2", "en-3"}, ids
     r = bob.post("/v1/review/items/en-1/resolve", json={"action": "allow", "reason": "a real shop"})
     assert r.status_code == 200 and r.json()["verdict"]["outcome"] == "overturned"
     r = bob.post("/v1/review/items/en-2/resolve", json={"action": "label", "reason": "borderline"})
@@ -193,15 +197,19 @@ def test_queue_fallback_claim_resolve_appeal_and_feedback(review_service):
     fourth = svc.submit("en-4", EN + " the fourth", market="intl")
     assert fourth["action"] == "review" and fourth["review"]["fallback"] is None
 
-    # the overflowed post is appealable (it was limited without a human)
-    r = svc.http("ingest").post("/v1/posts/en-3/appeal", json={"reason": "why limited?"})
-    assert r.status_code == 202
+    # the overflowed post stayed limited while it waited, and a human saw it in the end
+    d = svc.decision("en-3")
+    assert d["action"] == "limit_reach" and d["review"]["state"] == "in_review"
+    assert [h["event"] for h in d["review"]["history"]] == ["overflowed", "admitted", "claimed"]
+    r = bob.post("/v1/review/items/en-3/resolve", json={"action": "allow", "reason": "harmless"})
+    assert r.status_code == 200, r.text
+    assert svc.decision("en-3")["final_action"] == "allow"
 
     # feedback: two first verdicts on test-reviewme in English, one of them allow... the
     # appeal overturned alice's remove, but precision counts first looks at automated flags
     stats = svc.http("ops").get("/v1/stats").json()["review"]
     row = next(x for x in stats["rules"] if x["name"] == "test-reviewme" and x["language"] == "en")
-    assert (row["judged"], row["confirmed"], row["precision"]) == (2, 2, 1.0)
+    assert (row["judged"], row["confirmed"], row["precision"]) == (3, 2, 0.6667)
     assert stats["appeals"] == [{"language": "en", "upheld": 0, "overturned": 1,
                                  "overturn_rate": 1.0}]  # fmt: skip
     assert stats["queues"]["en/general"]["overflowed"] == 1
@@ -271,3 +279,38 @@ def test_a_redelivered_post_enters_its_queue_once(review_service):
     assert svc.redis.llen(f"{prefix}:review:history:en-1") == 1
     audit = [f for _, f in svc.redis.xrange(svc.keys.audit) if f["id"] == "en-1"]
     assert len(audit) == 1
+
+
+def test_the_backlog_refills_the_queue_best_first_and_an_appeal_leaves_it(review_service):
+    """Posts that overflowed wait, limited, in the queue's backlog; each claim refills the
+    queue up to its admission limit (2), the bigger reach first; an appealed one leaves it."""
+    svc = review_service
+    svc.submit("en-1", EN, market="intl")
+    svc.submit("en-2", EN, market="intl")  # one text: the priorities differ by reach alone
+    small = svc.submit("en-3", EN, market="intl",
+                       author={"id": "s", "followers": 10})  # fmt: skip
+    big = svc.submit("en-4", EN, market="intl",
+                     author={"id": "b", "followers": 90_000})  # fmt: skip
+    appealed = svc.submit("en-5", EN, market="intl")
+    for d in (small, big, appealed):
+        assert d["action"] == "limit_reach" and d["review"]["state"] == "overflowed"
+    assert svc.queue("alice", "en/general")["backlog"] == 3
+    r = svc.http("ingest").post("/v1/posts/en-5/appeal", json={"reason": "why limited?"})
+    assert r.status_code == 202 and r.json()["queue"] == "en/appeal", r.text
+    assert svc.queue("alice", "en/general")["backlog"] == 2
+
+    alice = svc.http("alice")
+    taken = [i["post_id"] for i in alice.post(
+        "/v1/review/claim", json={"queue": "en/general", "count": 2}).json()["items"]]  # fmt: skip
+    # taking the first of en-1 / en-2 (equal priority) made room for the big account's post,
+    # which then came before the other; taking it made room for the small account's
+    assert taken[0] in ("en-1", "en-2") and taken[1] == "en-4", taken
+    other = ({"en-1", "en-2"} - {taken[0]}).pop()
+    q = svc.queue("alice", "en/general")
+    assert (q["waiting"], q["backlog"], q["admitted"]) == (2, 0, 2)
+    more = [i["post_id"] for i in alice.post(
+        "/v1/review/claim", json={"queue": "en/general", "count": 5}).json()["items"]]  # fmt: skip
+    assert more == ["en-3", other]  # some reach before none
+    # the appealed post is in the appeal queue only: never admitted to en/general
+    assert svc.decision("en-5")["review"]["state"] == "appeal_queued"
+    assert [h["event"] for h in svc.decision("en-5")["review"]["history"]] == ["overflowed", "appealed"]

@@ -128,11 +128,15 @@ REVIEW_GAUGES = (
     ("floodgate_review_capacity_per_hour", "Items per hour the language's reviewers can take",
      "capacity_per_hour"),
     ("floodgate_review_over_sla", "1 while the expected wait is over the SLA", "over_sla"),
+    ("floodgate_review_backlog", "Overflowed items waiting, limited meanwhile, for room in the "
+     "queue", "backlog"),
 )  # fmt: skip
 REVIEW_COUNTERS = (
     ("floodgate_review_enqueued", "Items that entered a review queue", "enqueued"),
     ("floodgate_review_overflowed", "Review outcomes that took the queue's fallback action "
      "instead (its expected wait was over its SLA)", "overflowed"),
+    ("floodgate_review_admitted", "Overflowed items that later entered the queue from its "
+     "backlog", "admitted"),
 )  # fmt: skip
 
 

@@ -115,7 +115,8 @@ def review_findings(report: dict) -> list[str]:
         over = r["overflow_periods"]
         line = (f"Review <b>'{_e(g)}'</b> ({r['capacity_per_scenario_h']:.3g} reviews per "
                 f"scenario hour): <b>{r['demand']}</b> posts waited for a human: {r['queued']} "
-                f"queued, <b>{r['overflowed']} limited by the fallback</b> pending review")
+                f"queued, <b>{r['overflowed']} limited by the fallback</b> pending review "
+                f"({r.get('admitted', 0)} of them reached a reviewer later)")
         if r["limited_pending"]:
             line += f", {r['limited_pending']} limited by a rule pending review (never queued)"
         if r["demand"] > r["queued"] > 0:
@@ -134,8 +135,8 @@ def review_findings(report: dict) -> list[str]:
                 line += f", {r['within_sla']:.0%} within the queue's SLA"
             line += f"; they confirmed {r['reviewed_precision']:.0%} of the flags they judged"
         pending = sum(r["unresolved"].values())
-        line += (f". Lost: <b>{r['unaccounted']}</b>" + (f" ({pending} still queued or in "
-                 "review at the end)" if pending else "") + ".")  # fmt: skip
+        line += (f". Lost: <b>{r['unaccounted']}</b>" + (f" ({pending} still queued, in "
+                 "review or in a backlog at the end)" if pending else "") + ".")  # fmt: skip
         out.append(line)
     return out or ["Review: no post waited for a human."]
 
@@ -146,7 +147,8 @@ def _review_html(report: dict, out: Path) -> str:
         t, w, wf = r["time_to_human_decision"], r["review_wait"], r["without_fallback"]
         v = r["verdicts"]
         rows.append([g, f"{r['capacity_per_scenario_h']:.3g}", r["demand"], r["queued"],
-                     f"{r['overflowed']} ({r['overflowed_violating']})", r["limited_pending"],
+                     f"{r['overflowed']} ({r['overflowed_violating']}) / {r.get('admitted', 0)}",
+                     r["limited_pending"],
                      r["resolved"],
                      f"{v.get('allow', 0)} / {v.get('limit_reach', 0)} / {v.get('remove', 0)}",
                      f"{_h(t['p50_scenario_h'])} / {_h(t['p99_scenario_h'])}",
@@ -173,11 +175,12 @@ def _review_html(report: dict, out: Path) -> str:
         "for a human</i> = queued for review + limited by the fallback pending review + limited "
         "by a rule with a <i>pending_..._review</i> label (which no queue holds). "
         "<i>Overflow</i>: a queue held its admission limit (capacity x SLA), so new posts took "
-        "the fallback (shaded). <i>To decision</i>: from the post's submission to its verdict; "
+        "the fallback (shaded) and waited in the queue's backlog; a claim that made room admitted "
+        "the best of them (<i>reviewed later</i>). <i>To decision</i>: from the post's submission to its verdict; "
         "<i>review wait</i>: from its automated decision to the verdict (what the SLA bounds)."
         "</p>",
         _table(["language", "reviews /scenario h", "waited for a human", "queued",
-                "limited by fallback (violating)", "limited by a rule, pending review",
+                "limited by fallback (violating) / reviewed later", "limited by a rule, pending review",
                 "resolved", "allow / limit / remove",
                 "to decision p50 / p99 (scenario)", "review wait p50 / p99 (scenario)",
                 "to decision p50 / p99 (wall s)", "within SLA",

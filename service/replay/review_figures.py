@@ -15,7 +15,9 @@ Per group (the scenario's ``review_capacity`` keys; ``other`` takes the rest):
   to the verdict: what the queue's SLA bounds), p50 / p99 in wall seconds and scenario
   hours, the share reviewed within the SLA, and the automated flags' precision as the verdicts
   measure it (``service.review.rules``: confirmed unless the reviewer allowed the post);
-* accounting: every queued post is resolved, or still queued or in review at the end;
+* accounting: every post that asked for review (queued, or overflowed into the queue's
+  backlog) is resolved, or still queued, in review or in the backlog at the end;
+  ``admitted``: the overflowed ones that reached the queue later (a claim made room);
 * the queue without the fallback: the demand against the capacity as a fluid queue
   (``metrics.simulate_backlog``: ``peak``, ``overflow_at_s``, ``final``).
 
@@ -35,9 +37,10 @@ from service.replay.metrics import percentile, review_queue_for, review_verdict,
 from service.replay.scenario import Scenario
 from service.review.rules import APPEAL, feedback_fields, overflows, precision_rows
 
-# a queued post without a verdict is accounted for in these states (unchecked: the replay
-# ran without reviewers and did not look)
-ACCOUNTED = ("queued", "in_review", "resolved", "unchecked")
+# a post that asked for review and has no verdict is accounted for in these states
+# (overflowed: limited, in its queue's backlog; unchecked: the replay ran without reviewers
+# and did not look)
+ACCOUNTED = ("queued", "in_review", "overflowed", "resolved", "unchecked")
 PENDING_REVIEW = re.compile(r"^pending(_[a-z0-9]+)*_review$")
 QUEUE_KEYS = ("waiting", "in_review", "sla_s", "admission_limit", "enqueued", "overflowed")
 
@@ -214,8 +217,12 @@ def _group(run, clock, capacity_h: float, source: str, demand: dict | None, queu
     limited_at = [clock.sec(dm["times"][p]) for p in dm["overflowed"]]
     full = [bool(f) for f in queues["full"]]
     resolved = {v["post_id"] for v in verdicts}
-    # a queued post without a verdict must still be in the service's queue (or in review)
-    states = Counter(run.review.states.get(p, "unchecked") for p in dm["queued"] if p not in resolved)
+    # a post that asked for review and has no verdict must still be in the service's queue,
+    # in review, or (overflowed) in the queue's backlog
+    asked = [*dm["queued"], *dm["overflowed"]]
+    states = Counter(run.review.states.get(p, "unchecked") for p in asked if p not in resolved)
+    admitted = sum(1 for p in dm["overflowed"]
+                   if p in resolved or run.review.states.get(p) in ("queued", "in_review"))
     over = periods(full, limited_at, lambda s: s / hour_wall)
     return {
         "capacity_per_scenario_h": capacity_h, "capacity_per_wall_s": cap_wall,
@@ -223,6 +230,7 @@ def _group(run, clock, capacity_h: float, source: str, demand: dict | None, queu
         "demand": len(dm["times"]),
         "queued": len(dm["queued"]), "overflowed": len(dm["overflowed"]),
         "limited_pending": len(dm["limited_pending"]),
+        "admitted": admitted,
         "fallback_actions": dict(dm["fallback"]),
         "overflowed_violating": sum(1 for p in dm["overflowed"]
                                     if (run.sent.get(p) or (0, 0, {}))[2].get("categories")),

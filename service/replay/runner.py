@@ -106,10 +106,10 @@ class RunData:
     review: ReviewLog = field(default_factory=ReviewLog)
 
     def queued_for_review(self) -> list[str]:
-        """This run's posts that entered a review queue (not the fallback), in feed order."""
+        """This run's posts that asked for review: those that entered a queue, and those that
+        overflowed into its backlog (limited meanwhile), in feed order."""
         return list(dict.fromkeys(d["post_id"] for _, d in self.decisions
-                                  if (d.get("review") or {}).get("queue")
-                                  and not d["review"].get("fallback")))  # fmt: skip
+                                  if (d.get("review") or {}).get("queue")))  # fmt: skip
 
 
 def _slim(d: dict) -> dict:

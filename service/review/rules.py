@@ -296,24 +296,37 @@ def precision_rows(counts: Mapping[str, int | str]) -> dict[str, list[dict]]:
     return out
 
 
-def queue_view(
-    name: str, review: Review | None, waiting: int, in_review: int, oldest_ms: int | None,
-    now_ms: int, counters: Mapping[str, int] = {},  # noqa: B006 (read only)
-) -> dict:  # fmt: skip
-    """One queue as the API lists it: depth, age, capacity, expected wait against the SLA."""
+def queue_limits(review: Review | None, name: str) -> tuple[float, float | None, int | None]:
+    """A queue's capacity (items per hour), SLA (s) and admission limit under ``review``;
+    SLA and limit are None for a queue the policy does not declare."""
     language, reason = split_queue(name)
     capacity = capacity_per_hour(review, language) if review else 0.0
     declared = review is not None and (reason == APPEAL or reason in review.queues)
-    sla = sla_s(review, reason) if review is not None and declared else None
+    if review is None or not declared:
+        return capacity, None, None
+    sla = sla_s(review, reason)
+    return capacity, sla, admission_limit(capacity, sla)
+
+
+def queue_view(
+    name: str, review: Review | None, waiting: int, in_review: int, oldest_ms: int | None,
+    now_ms: int, counters: Mapping[str, int] = {},  # noqa: B006 (read only)
+    backlog: int = 0,
+) -> dict:  # fmt: skip
+    """One queue as the API lists it: depth, age, capacity, expected wait against the SLA,
+    and the overflowed posts waiting (limited) in its backlog for room."""
+    language, reason = split_queue(name)
+    capacity, sla, limit = queue_limits(review, name)
     wait = expected_wait_s(waiting, capacity)
     return {
         "queue": name, "language": language, "reason": reason,
         "waiting": waiting, "in_review": in_review,
         "oldest_age_s": round((now_ms - oldest_ms) / 1000, 1) if oldest_ms is not None else None,
         "capacity_per_hour": round(capacity, 2), "expected_wait_s": wait, "sla_s": sla,
-        "admission_limit": admission_limit(capacity, sla) if sla is not None else None,
+        "admission_limit": limit,
         "over_sla": sla is not None and (wait is None or wait > sla),
-        **{k: int(counters.get(k, 0)) for k in ("enqueued", "overflowed")},
+        "backlog": backlog,
+        **{k: int(counters.get(k, 0)) for k in ("enqueued", "overflowed", "admitted")},
     }  # fmt: skip
 
 
@@ -355,11 +368,13 @@ def merge(decision: dict, item: Mapping | None, history: list[dict]) -> dict:
 
 
 def queue_counters(counts: Mapping[str, str | int]) -> dict[str, dict[str, int]]:
-    """``<queue>|<counter>`` fields -> {queue: {enqueued, overflowed, in_review, resolved}}."""
+    """``<queue>|<counter>`` fields -> {queue: {enqueued, overflowed, admitted, in_review,
+    resolved}} (admitted: overflowed items that entered the queue from its backlog later)."""
     out: dict[str, dict[str, int]] = {}
     for key, value in counts.items():
         queue, _, counter = key.rpartition("|")
-        out.setdefault(queue, {"enqueued": 0, "overflowed": 0, "in_review": 0, "resolved": 0})
+        out.setdefault(queue, {"enqueued": 0, "overflowed": 0, "admitted": 0, "in_review": 0,
+                               "resolved": 0})  # fmt: skip
         out[queue][counter] = int(value)
     return dict(sorted(out.items()))
 

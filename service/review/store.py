@@ -4,6 +4,10 @@ Keys (``fg`` is the deployment's prefix; written first by ``store.COMMIT_LUA`` w
 decision itself):
 
 * ``fg:review:q:<queue>``        sorted set of post ids waiting, by priority then age
+* ``fg:review:backlog:<queue>``  sorted set of overflowed post ids (limited by the fallback
+                                 meanwhile), by priority then age: a claim moves the best of
+                                 them into the queue while it holds fewer than its admission
+                                 limit
 * ``fg:review:age:<queue>``      sorted set of the queue's unresolved post ids by entry time
 * ``fg:review:queues``           set of queue names that ever held an item
 * ``fg:review:item:<post_id>``   hash: data (JSON: text, language, rules, scores, ...), state
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import redis
 import redis.asyncio as aredis
@@ -58,13 +62,41 @@ end
 REQUEUE_LUA = _NOW + "return requeue_expired(ARGV[1])"
 
 CLAIM_LUA = _NOW + """
--- ARGV: prefix, reviewer, count, lease_ms, then the queues the reviewer may take from
+-- ARGV: prefix, reviewer, count, lease_ms, then per queue the reviewer may take from: its
+-- name and its admission limit (-1: none, nothing is admitted from its backlog)
 local prefix, reviewer, count, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local limits = {}
+for j = 5, #ARGV, 2 do limits[ARGV[j]] = tonumber(ARGV[j + 1]) end
+-- Posts that overflowed wait, limited, in the queue's backlog; while the queue holds fewer
+-- than its admission limit, the best of them (priority, then age) enter it.
+local function admit(q)
+  local limit = limits[q]
+  if limit == nil or limit < 0 then return end
+  local qkey = prefix .. ':review:q:' .. q
+  local bkey = prefix .. ':review:backlog:' .. q
+  while redis.call('ZCARD', qkey) < limit do
+    local top = redis.call('ZPOPMAX', bkey)
+    if #top == 0 then return end
+    local id, sc = top[1], top[2]
+    local ikey = prefix .. ':review:item:' .. id
+    local f = redis.call('HMGET', ikey, 'state', 'at')
+    if f[1] == 'overflowed' then  -- not appealed, not expired with its decision
+      redis.call('ZADD', qkey, sc, id)
+      redis.call('ZADD', prefix .. ':review:age:' .. q, tonumber(f[2]) or now_ms, id)
+      redis.call('HSET', ikey, 'state', 'queued')
+      redis.call('HINCRBY', prefix .. ':review:counts', q .. '|enqueued', 1)
+      redis.call('HINCRBY', prefix .. ':review:counts', q .. '|admitted', 1)
+      redis.call('RPUSH', prefix .. ':review:history:' .. id, cjson.encode(
+        {event = 'admitted', queue = q, at = now_ms}))
+    end
+  end
+end
 requeue_expired(prefix)
+for q, _ in pairs(limits) do admit(q) end
 local out = {}
 while #out < count do
   local best_id, best_score, best_q = nil, nil, nil
-  for j = 5, #ARGV do
+  for j = 5, #ARGV, 2 do
     local q = ARGV[j]
     local qkey = prefix .. ':review:q:' .. q
     local cands = redis.call('ZREVRANGE', qkey, 0, 49, 'WITHSCORES')
@@ -94,6 +126,7 @@ while #out < count do
   redis.call('RPUSH', prefix .. ':review:history:' .. best_id, cjson.encode(
     {event = 'claimed', reviewer = reviewer, queue = best_q, at = now_ms, lease_until = until_ms}))
   table.insert(out, best_id)
+  admit(best_q)
 end
 return out
 """
@@ -130,10 +163,11 @@ APPEAL_LUA = _NOW + """
 local prefix, id, appeal, queue, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 requeue_expired(prefix)
 local ikey = prefix .. ':review:item:' .. id
-local f = redis.call('HMGET', ikey, 'state', 'kind')
+local f = redis.call('HMGET', ikey, 'state', 'kind', 'queue')
 if not f[1] then return 'missing' end
 if f[2] == 'appeal' then return 'already' end
 if f[1] == 'queued' or f[1] == 'leased' then return 'pending' end
+if f[1] == 'overflowed' then redis.call('ZREM', prefix .. ':review:backlog:' .. f[3], id) end
 redis.call('ZADD', prefix .. ':review:q:' .. queue, score, id)
 redis.call('ZADD', prefix .. ':review:age:' .. queue, now_ms, id)
 redis.call('SADD', prefix .. ':review:queues', queue)
@@ -161,6 +195,9 @@ class ReviewKeys:
 
     def age(self, name: str) -> str:
         return f"{self.prefix}:review:age:{name}"
+
+    def backlog(self, name: str) -> str:
+        return f"{self.prefix}:review:backlog:{name}"
 
     def item(self, post_id: str) -> str:
         return f"{self.prefix}:review:item:{post_id}"
@@ -206,29 +243,37 @@ class ReviewStore:
         return set(await self.client.smembers(self.keys.queues))
 
     async def queue_figures(self, names: Iterable[str]) -> dict[str, dict]:
-        """waiting, in_review, oldest entry (ms), enqueued and overflowed counts per queue."""
+        """waiting, in_review, oldest entry (ms), backlog, and the enqueued, overflowed and
+        admitted (from the backlog) counts per queue."""
         names = sorted(names)
         await self.requeue_expired()
+        counters = ("enqueued", "overflowed", "admitted")
         async with self.client.pipeline(transaction=False) as pipe:
             for q in names:
                 pipe.zcard(self.keys.queue(q))
                 pipe.zrange(self.keys.age(q), 0, 0, withscores=True)
-                pipe.hmget(self.keys.counts, [f"{q}|in_review", f"{q}|enqueued", f"{q}|overflowed"])
+                pipe.zcard(self.keys.backlog(q))
+                pipe.hmget(self.keys.counts, [f"{q}|in_review", *(f"{q}|{c}" for c in counters)])
             raw = await pipe.execute()
         out = {}
         for i, q in enumerate(names):
-            waiting, oldest, (in_review, enqueued, overflowed) = raw[3 * i : 3 * i + 3]
+            waiting, oldest, backlog, (in_review, *counts) = raw[4 * i : 4 * i + 4]
             out[q] = {"waiting": int(waiting), "in_review": int(in_review or 0),
                       "oldest_ms": int(oldest[0][1]) if oldest else None,
-                      "counters": {"enqueued": int(enqueued or 0),
-                                   "overflowed": int(overflowed or 0)}}  # fmt: skip
+                      "backlog": int(backlog),
+                      "counters": {c: int(n or 0) for c, n in zip(counters, counts, strict=True)}}  # fmt: skip
         return out
 
-    async def claim(self, reviewer: str, queues: list[str], count: int, lease_s: float) -> list[dict]:
-        """Lease the next ``count`` items of ``queues`` (highest priority first) to ``reviewer``."""
+    async def claim(
+        self, reviewer: str, queues: Mapping[str, int | None], count: int, lease_s: float
+    ) -> list[dict]:
+        """Lease the next ``count`` items of ``queues`` (highest priority first) to ``reviewer``.
+        ``queues`` maps each queue to its admission limit: first, and after each item taken,
+        the queue is refilled up to it from its backlog (None: no limit, nothing admitted)."""
         if not queues:
             return []
-        ids = await self._claim(args=[self.keys.prefix, reviewer, count, int(lease_s * 1000), *queues])
+        pairs = [x for q, limit in queues.items() for x in (q, -1 if limit is None else limit)]
+        ids = await self._claim(args=[self.keys.prefix, reviewer, count, int(lease_s * 1000), *pairs])
         return [await self.item(i) for i in ids]
 
     async def item(self, post_id: str) -> dict | None:

@@ -65,7 +65,8 @@ def _not_a_reviewer(who: Principal) -> JSONResponse:
 @router.get("/v1/review/queues")
 async def queues(st: AppState = Depends(get_state), who: Principal = REVIEW) -> Any:
     """The queues you may see: items waiting and in review, the oldest item's age, the
-    language's capacity, the expected wait against the SLA, and how many items overflowed."""
+    language's capacity, the expected wait against the SLA, how many items overflowed, and
+    how many of those still wait (limited) in the backlog for room in the queue."""
     review, languages = await _languages(st, who)
     if languages is not None and not languages:
         return _not_a_reviewer(who)
@@ -91,7 +92,7 @@ async def queue_views(
     figures = await s.queue_figures(names)
     now = now_ms()
     return [rules.queue_view(q, review, f["waiting"], f["in_review"], f["oldest_ms"], now,
-                             f["counters"]) for q, f in figures.items()]  # fmt: skip
+                             f["counters"], f["backlog"]) for q, f in figures.items()]  # fmt: skip
 
 
 async def review_families(st: AppState) -> ReviewFamilies:
@@ -104,7 +105,9 @@ async def review_families(st: AppState) -> ReviewFamilies:
 @router.post("/v1/review/claim")
 async def claim(body: ClaimIn, st: AppState = Depends(get_state), who: Principal = REVIEW) -> Any:
     """Lease the next `count` items (highest priority first) of one queue, or of every queue
-    you may see. An item you do not resolve within the lease goes back into its queue."""
+    you may see. An item you do not resolve within the lease goes back into its queue. Each
+    claim first refills the queues from their backlogs (posts that overflowed and were
+    limited meanwhile), best first, up to their admission limits."""
     review, languages = await _languages(st, who)
     if languages is not None and not languages:
         return _not_a_reviewer(who)
@@ -117,7 +120,9 @@ async def claim(body: ClaimIn, st: AppState = Depends(get_state), who: Principal
     else:
         names = sorted(q for q in await s.queue_names() if rules.visible(q, languages))
     lease_s = st.settings.review_lease_s
-    items = await s.claim(who.name, names, body.count, lease_s)
+    # each queue is refilled from its backlog up to the live policy's admission limit
+    limits = {q: rules.queue_limits(review, q)[2] for q in names}
+    items = await s.claim(who.name, limits, body.count, lease_s)
     return {"reviewer": who.name, "lease_s": lease_s, "items": [i for i in items if i]}
 
 
