@@ -379,7 +379,7 @@ def test_diff_threshold_change_groups_by_rule(cold, cache_dir, model_dir, tmp_pa
 
     new = _variant(tmp_path, "harassment-en.yaml", edit)
     result = diff(POLICY, new, FIXTURE, cache=EmbeddingCache(cache_dir, model_dir), progress=False)
-    limit = 2  # severity of limit_reach: harmful-other-limit now matches every English post
+    limit = 3  # severity of review: harmful-other-review now matches every English post
     rank = {"allow": 0, "label": 1, "limit_reach": 2, "review": 3, "remove": 4}
     expected = [
         i for i, p in enumerate(posts)
@@ -388,15 +388,15 @@ def test_diff_threshold_change_groups_by_rule(cold, cache_dir, model_dir, tmp_pa
     assert expected and [c["index"] for c in result["changed"]] == expected
     for c in result["changed"]:
         for m in c["markets"].values():
-            assert m["new"] == "limit_reach" and rank[m["old"]] < limit
-            assert "harmful-other-limit" in m["new_rules"]
+            assert m["new"] == "review" and rank[m["old"]] < limit
+            assert "harmful-other-review" in m["new_rules"]
     appeared = [
         i for i, p in enumerate(posts)
-        if p["language"] == "en" and "harmful-other-limit" not in p["rules"]["cn"]
+        if p["language"] == "en" and "harmful-other-review" not in p["rules"]["cn"]
     ]  # fmt: skip
     groups = {(g["rule"], g["change"], g["language"]): g for g in result["by_rule"]}
-    assert set(groups) == {("harmful-other-limit", "appeared", "en")}
-    g = groups[("harmful-other-limit", "appeared", "en")]
+    assert set(groups) == {("harmful-other-review", "appeared", "en")}
+    g = groups[("harmful-other-review", "appeared", "en")]
     assert g["count"] == len(appeared) and g["action_changed"] == len(expected)
     assert result["rules_only_changed"] == len(appeared) - len(expected)
 

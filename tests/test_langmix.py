@@ -131,10 +131,10 @@ def test_default_policy_switches_to_surge_while_english_drifts():
     assert evaluate(lp, _en_facts())["cn"].action == "label"
     assert evaluate(surge, _en_facts())["cn"].action == "label"
     assert evaluate(surge, _en_facts())["intl"].action == "allow"
-    # English ads are limited from 0.4 under surge (harmful-other-limit), 0.5 otherwise
+    # English ads go to review from 0.4 under surge (harmful-other-review), 0.5 otherwise
     ad = _en_facts(scam_spam=0.45)
     assert evaluate(lp, replace(ad, market="intl"))["intl"].action == "allow"
-    assert evaluate(surge, replace(ad, market="intl"))["intl"].action == "limit_reach"
+    assert evaluate(surge, replace(ad, market="intl"))["intl"].action == "review"
     # the policy as written is untouched by its overlay
     rules = {r.id: r for r in lp.policy.rules}
     assert rules["english-in-cn-feed"].action == "label"

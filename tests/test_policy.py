@@ -406,9 +406,9 @@ DEFAULT_CASES = [
                  {"cn": "allow", "intl": "allow"}, set(), None, id="zh-dropped-lexicon-term"),
     pytest.param(
         en(scores={"hate": 0.9}, market="intl"),
-        {"cn": "limit_reach", "intl": "limit_reach"},
-        {"pending_english_review"},
-        None,
+        {"cn": "review", "intl": "review"},
+        set(),
+        "review:en",
         id="en-hate",
     ),
     pytest.param(

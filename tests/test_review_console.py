@@ -107,6 +107,7 @@ def test_claim_read_and_resolve_with_one_key_press(review_service, console):
     row = page.locator("#queues tbody tr[data-queue='en/general']")
     expect(row.locator("td").nth(1)).to_have_text("2")  # waiting
     expect(row.locator("td").nth(4)).to_have_text("60 min / 60 min")  # expected wait against the SLA
+    expect(row.locator("td").nth(5)).to_have_text("0")  # nothing overflowed into the backlog
     row.click()
     page.keyboard.press("c")
 

@@ -107,7 +107,7 @@
       : duration(q.expected_wait_s);
     const sla = q.sla_s === null ? "no SLA" : duration(q.sla_s);
     const cells = [q.queue, q.waiting, q.in_review, duration(q.oldest_age_s),
-      `${wait} / ${sla}${q.over_sla ? " · over SLA" : ""}`];
+      `${wait} / ${sla}${q.over_sla ? " · over SLA" : ""}`, q.backlog];
     fill(row, cells.map((c) => el("td", c)));
     row.addEventListener("click", () => selectQueue(q.queue));
     return row;
