@@ -227,7 +227,7 @@ def split_posts(
     categories each post's source labels (a benign row: all of them): the data the heads of
     ``manifest`` were trained on (``datasets.trained_examples``), else the default budget."""
     posts, known = [], []
-    examples = trained_examples(manifest) if manifest else load_examples(cap_per_label=1000)
+    examples = trained_examples(manifest) if manifest else load_examples()
     for ex in examples:
         if ex.split != split:
             continue

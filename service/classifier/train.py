@@ -35,6 +35,7 @@ import numpy as np
 from service.classification import mask_counts, prf
 from service.classifier.datasets import (
     CATEGORIES,
+    ROW_BUDGET,
     Example,
     check_trainable,
     load_examples,
@@ -64,7 +65,7 @@ class TrainSettings:
     # sample weights. Measured (models/README.md): at cap 1,000, balance_power 0.25 and 0.5
     # lost to 0 on the held-out split, HateCheck, MHC and XSTest, and cap 4,000 lost to
     # cap 1,000 with or without weights, so the defaults are what measured best
-    cap_per_label: int = 1000
+    cap_per_label: int = ROW_BUDGET
     balance_power: float = 0.0  # 0: every row weighs 1; 1: every category x language cell the same
     max_weight: float = 10.0  # no example weighs more than this (mean weight is 1)
     # also the seed files under seeds/labeled/candidates/: the shipped heads read them, the

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from service.classifier.datasets import ROW_BUDGET
 from service.commands.common import ensure_model
 from service.config import Settings, get_settings
 
@@ -41,7 +42,7 @@ def model_finetune(
     # the defaults are the shipped recipe (models/README.md: 16-50 min on 2 quiet cores)
     layers: int = typer.Option(12, help="top transformer layers to fine-tune; 12 = the whole encoder"),
     epochs: int = typer.Option(3, help="passes over the train split (or of --samples-per-epoch draws)"),
-    cap: int = typer.Option(1000, help="at most this many rows per dataset and label set"),
+    cap: int = typer.Option(ROW_BUDGET, help="at most this many rows per dataset and label set"),
     samples_per_epoch: int = typer.Option(
         16000, help="draws per epoch by sample weight (0: every train example once)"
     ),
@@ -99,7 +100,7 @@ def model_finetune(
 def model_train(
     out: Path = typer.Option(None, help="where to write the heads (default: models/heads)"),
     cap: int = typer.Option(
-        1000, help="rows read per dataset and label set (a budget; 0: all); see --balance-power"
+        ROW_BUDGET, help="rows read per dataset and label set (a budget; 0: all); see --balance-power"
     ),
     ablation: bool = typer.Option(
         True, help="also train without the seeds, to measure what they add"
