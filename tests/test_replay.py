@@ -396,4 +396,5 @@ def test_replay_drives_the_review_queues_and_english_overflows(redis_url, model_
     page = (out / "report.html").read_text()
     assert "Human review" in page and "limited by the fallback" in page
     assert report["summary"]["review_unaccounted"] == 0
-    assert report["summary"]["review_overflowed"] == en["overflowed"] + zh["overflowed"]
+    assert report["summary"]["review_overflowed"] == sum(
+        r["overflowed"] for r in report["review"].values())  # other languages: nobody reads them
