@@ -27,6 +27,7 @@ from pathlib import Path
 
 from service.backtest.data import LabeledPost
 from service.backtest.scoring import score_posts
+from service.classifier.heads import TrainedHeads
 from service.classifier.loader import load_heads, open_embedding_cache
 from service.config import REPO_ROOT, get_settings
 from service.policy import load_policy
@@ -61,11 +62,8 @@ def main() -> None:
 
     cache = open_embedding_cache(get_settings())
     lp = load_policy(args.policy)
-    heads = load_heads(get_settings(), cache.version)
-    if args.heads is not None:
-        from service.classifier.heads import TrainedHeads
-
-        heads = TrainedHeads(args.heads, encoder_version=cache.version)
+    heads = (TrainedHeads(args.heads, encoder_version=cache.version) if args.heads is not None
+             else load_heads(get_settings(), cache.version))  # fmt: skip
     scored = score_posts(posts, lp, cache, progress=False, heads=heads)
     categories = lp.policy.categories
 
