@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from service.backtest.data import LabeledPost
+from service.backtest.metrics import fired_categories
 from service.backtest.scoring import score_posts
 from service.classifier.heads import TrainedHeads
 from service.classifier.loader import load_heads, open_embedding_cache
@@ -65,13 +66,9 @@ def main() -> None:
     heads = (TrainedHeads(args.heads, encoder_version=cache.version) if args.heads is not None
              else load_heads(get_settings(), cache.version))  # fmt: skip
     scored = score_posts(posts, lp, cache, progress=False, heads=heads)
-    categories = lp.policy.categories
 
     table: dict[str, dict] = {}
-    for (language, kind), sp in zip(kinds, scored, strict=True):
-        code = sp.language.code
-        over = {c for c, v in sp.scores.items()
-                if c in categories and v >= categories[c].threshold_for(code)}  # fmt: skip
+    for (language, kind), sp, over in zip(kinds, scored, fired_categories(scored, lp), strict=True):
         row = table.setdefault(f"{language} {kind}", {"n": 0, "hit": 0, "by": Counter(),
                                                       "harmful": bool(sp.post.labels)})  # fmt: skip
         row["n"] += 1

@@ -55,7 +55,9 @@ for i = 1, n do
           state, doc, stat = 'overflowed', ARGV[base + 9], ARGV[base + 10]
           redis.call('HINCRBY', prefix .. ':review:counts', queue .. '|overflowed', 1)
           -- limited meanwhile, it waits in the queue's backlog for room (review.store CLAIM_LUA)
-          redis.call('ZADD', prefix .. ':review:backlog:' .. queue, ARGV[base + 7], post_id)
+          local backlog = prefix .. ':review:backlog:' .. queue
+          redis.call('ZADD', backlog, ARGV[base + 7], post_id)
+          redis.call('EXPIRE', backlog, ARGV[2])  -- gone with its last item's decision
         else
           state = 'queued'
           redis.call('ZADD', qkey, ARGV[base + 7], post_id)

@@ -105,7 +105,7 @@ class RunData:
     dead_letters_after: int = 0
     review: ReviewLog = field(default_factory=ReviewLog)
 
-    def queued_for_review(self) -> list[str]:
+    def asked_for_review(self) -> list[str]:
         """This run's posts that asked for review: those that entered a queue, and those that
         overflowed into its backlog (limited meanwhile), in feed order."""
         return list(dict.fromkeys(d["post_id"] for _, d in self.decisions
@@ -261,7 +261,7 @@ async def run_replay(scenario: Scenario, target: str, opts: ReplayOptions) -> Ru
                 await asyncio.gather(*tasks, return_exceptions=True)
         await _missing(client, run)
         if opts.reviewers:
-            await final_states(fg, run.review, run.queued_for_review())
+            await final_states(fg, run.review, run.asked_for_review())
         with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
             run.dead_letters_after = int((await client.get("/v1/stats")).json()["dead_letters"])
     return run

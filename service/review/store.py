@@ -7,7 +7,8 @@ decision itself):
 * ``fg:review:backlog:<queue>``  sorted set of overflowed post ids (limited by the fallback
                                  meanwhile), by priority then age: a claim moves the best of
                                  them into the queue while it holds fewer than its admission
-                                 limit
+                                 limit; it expires with the newest decision put into it, and
+                                 an id whose item expired is dropped when a claim reaches it
 * ``fg:review:age:<queue>``      sorted set of the queue's unresolved post ids by entry time
 * ``fg:review:queues``           set of queue names that ever held an item
 * ``fg:review:item:<post_id>``   hash: data (JSON: text, language, rules, scores, ...), state
